@@ -1,0 +1,105 @@
+"""Fetch what the devstack runs: Maven Central jars per service and Debian's Pushgateway.
+
+Each jar set comes from its own committed POM (versions pinned there) into the
+cache directory outside the repository; a digest of the POM marks a complete
+copy, so repeated runs do nothing and a changed POM refetches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdc_pipelines.devstack.layout import PUSHGATEWAY_BIN, PUSHGATEWAY_DEBIAN_PACKAGE, StackLayout
+from cdc_pipelines.errors import DevstackError
+
+MAVEN_DIR = Path(__file__).parent / "maven"
+MARKER = ".pom-sha256"
+# Jars the Connect worker provides itself; inside a plugin directory they would
+# shadow the worker's own classes.
+WORKER_PROVIDED_GROUPS = "org.apache.kafka,org.slf4j"
+
+
+@dataclass(frozen=True)
+class JarSet:
+    """One lib directory filled from one POM."""
+
+    name: str
+    target: str
+    exclude_groups: str | None = None
+
+
+JAR_SETS = (
+    JarSet("kafka", "kafka"),
+    JarSet("connect", "connect"),
+    JarSet("cassandra", "cassandra"),
+    JarSet("jdbc-sink", "plugins/debezium-jdbc", exclude_groups=WORKER_PROVIDED_GROUPS),
+)
+
+
+def pom_path(jar_set: JarSet) -> Path:
+    return MAVEN_DIR / jar_set.name / "pom.xml"
+
+
+def ensure_jars(layout: StackLayout, jar_set: JarSet) -> Path:
+    """Copy the jar set's dependencies into the cache unless an identical copy exists."""
+    pom = pom_path(jar_set)
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    target = layout.jars / jar_set.target
+    marker = target / MARKER
+    if marker.exists() and marker.read_text().strip() == digest:
+        return target
+    if shutil.which("mvn") is None:
+        raise DevstackError("mvn is not on PATH; install Maven (Debian package 'maven') and retry")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    command = [
+        "mvn",
+        "-B",
+        "-q",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
+    if jar_set.exclude_groups:
+        command.append(f"-DexcludeGroupIds={jar_set.exclude_groups}")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise DevstackError(
+            f"fetching the {jar_set.name} jars from {pom} failed (mvn exit {result.returncode}); "
+            f"check the registry is reachable and the POM's versions are served:\n{tail}"
+        )
+    (staging / MARKER).write_text(digest + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(target)
+    return target
+
+
+def ensure_pushgateway() -> Path:
+    """Debian's Pushgateway binary; installed with apt-get when running as root."""
+    if PUSHGATEWAY_BIN.exists():
+        return PUSHGATEWAY_BIN
+    if os.geteuid() != 0:
+        raise DevstackError(
+            f"{PUSHGATEWAY_BIN} is missing; install it with "
+            f"'sudo apt-get install -y {PUSHGATEWAY_DEBIAN_PACKAGE}'"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", PUSHGATEWAY_DEBIAN_PACKAGE]
+    result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
+        result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0 or not PUSHGATEWAY_BIN.exists():
+        raise DevstackError(
+            f"installing {PUSHGATEWAY_DEBIAN_PACKAGE} failed: {result.stderr.strip()[-500:]}"
+        )
+    return PUSHGATEWAY_BIN

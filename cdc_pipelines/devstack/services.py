@@ -1,0 +1,568 @@
+"""The five devstack services: how each is installed, prepared, started, probed and stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from cdc_pipelines.devstack import configs, install, processes
+from cdc_pipelines.devstack.layout import (
+    CONNECT_PORT,
+    CQL_PORT,
+    DAGSTER_DB,
+    JAVA_HOME_ENV,
+    KAFKA_PORT,
+    LOOPBACK,
+    POSTGRES_BIN,
+    POSTGRES_DB,
+    POSTGRES_PASSWORD,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    PUSHGATEWAY_BIN,
+    PUSHGATEWAY_PORT,
+    StackLayout,
+)
+from cdc_pipelines.errors import DevstackError
+
+PROBE_TIMEOUT_S = 3.0
+JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
+
+
+@dataclass(frozen=True)
+class Health:
+    """The outcome of one readiness probe."""
+
+    service: str
+    healthy: bool
+    detail: str
+
+
+class Service(ABC):
+    """A devstack service. Subclasses say how to install, prepare, start and probe it."""
+
+    name: str
+    start_timeout_s: float = 120.0
+    depends_on: tuple[str, ...] = ()
+
+    def __init__(self, layout: StackLayout) -> None:
+        self.layout = layout
+
+    @property
+    def home(self) -> Path:
+        return self.layout.service_dir(self.name)
+
+    @property
+    def log_file(self) -> Path:
+        return self.layout.log_file(self.name)
+
+    @property
+    def marker(self) -> str:
+        """A string every command line of this service contains (its state directory)."""
+        return str(self.home)
+
+    def install(self) -> None:
+        """Fetch binaries or jars (idempotent)."""
+
+    def prepare(self) -> None:
+        """Write configs and initialize data directories (idempotent)."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def probe(self) -> Health: ...
+
+    def after_ready(self) -> None:
+        """One-time bootstrap once the service answers (idempotent)."""
+
+    def pid(self) -> int | None:
+        return processes.running_pid(self.layout.pid_file(self.name), self.marker)
+
+    def stop(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.layout.pid_file(self.name).unlink(missing_ok=True)
+            return True
+        stopped = processes.stop_process_group(pid, self.marker)
+        if stopped:
+            self.layout.pid_file(self.name).unlink(missing_ok=True)
+        return stopped
+
+    def log_tail(self, lines: int = 30) -> str:
+        candidates = [self.log_file, *sorted(self.layout.logs.glob(f"{self.name}*.log"))]
+        for path in candidates:
+            if path.exists() and path.stat().st_size:
+                text = path.read_text(errors="replace").splitlines()
+                return f"--- last {lines} lines of {path} ---\n" + "\n".join(text[-lines:])
+        return f"(no log output in {self.log_file})"
+
+
+def _java() -> str:
+    java_home = os.environ.get(JAVA_HOME_ENV)
+    if java_home:
+        return str(Path(java_home) / "bin/java")
+    java = shutil.which("java")
+    if java is None:
+        raise DevstackError("java is not on PATH; install a JDK 17 or set CDC_JAVA_HOME")
+    return java
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; run its tools as the 'postgres' account.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+class Postgres(Service):
+    name = "postgres"
+    start_timeout_s = 60.0
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "socket"
+
+    def install(self) -> None:
+        if not (POSTGRES_BIN / "postgres").exists():
+            raise DevstackError(
+                f"PostgreSQL binaries not found in {POSTGRES_BIN}; install Debian's "
+                "postgresql-15 or set CDC_POSTGRES_BIN"
+            )
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.home, "postgres", "postgres")
+            shutil.chown(self.socket_dir, "postgres", "postgres")
+        if not (self.data / "PG_VERSION").exists():
+            shutil.rmtree(self.data, ignore_errors=True)
+            result = subprocess.run(
+                _as_postgres_user(
+                    [
+                        str(POSTGRES_BIN / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "--encoding=UTF8",
+                        "--locale=C.UTF-8",
+                    ]
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise DevstackError(f"initdb failed in {self.data}: {result.stderr.strip()}")
+        conf = self.data / "postgresql.conf"
+        conf.write_text(configs.postgres_conf(self.socket_dir))
+        if os.geteuid() == 0:
+            shutil.chown(conf, "postgres", "postgres")
+
+    def start(self) -> None:
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self.log_file.touch()
+            shutil.chown(self.log_file, "postgres", "postgres")
+        command = [
+            str(POSTGRES_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log_file),
+            "start",
+        ]
+        result = subprocess.run(
+            _as_postgres_user(command), capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise DevstackError(f"pg_ctl start failed: {result.stderr.strip()}\n{self.log_tail()}")
+
+    def pid(self) -> int | None:
+        pid = processes.read_pid(self.data / "postmaster.pid")
+        return pid if processes.is_ours(pid, "postgres") else None
+
+    def stop(self) -> bool:
+        if self.pid() is None:
+            return True
+        subprocess.run(
+            _as_postgres_user(
+                [str(POSTGRES_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]
+            ),
+            capture_output=True,
+            check=False,
+        )
+        return self.pid() is None
+
+    def _connect(self, user: str, dbname: str) -> object:
+        import psycopg
+
+        return psycopg.connect(
+            host=LOOPBACK,
+            port=POSTGRES_PORT,
+            user=user,
+            dbname=dbname,
+            connect_timeout=int(PROBE_TIMEOUT_S),
+            autocommit=True,
+        )
+
+    def probe(self) -> Health:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=LOOPBACK,
+                port=POSTGRES_PORT,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=int(PROBE_TIMEOUT_S),
+            ) as conn:
+                version = conn.execute("SELECT 1, current_setting('server_version')").fetchone()
+        except psycopg.Error as exc:
+            return Health(self.name, False, f"SELECT 1 failed: {str(exc).strip()}")
+        server_version = version[1] if version else "?"
+        return Health(self.name, True, f"PostgreSQL {server_version} on {LOOPBACK}:{POSTGRES_PORT}")
+
+    def after_ready(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(
+            host=LOOPBACK, port=POSTGRES_PORT, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (POSTGRES_USER,)
+            ).fetchone()
+            if not exists:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                        sql.Identifier(POSTGRES_USER), sql.Literal(POSTGRES_PASSWORD)
+                    )
+                )
+            for database in (POSTGRES_DB, DAGSTER_DB):
+                found = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone()
+                if not found:
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(database), sql.Identifier(POSTGRES_USER)
+                        )
+                    )
+
+
+CASSANDRA_JVM17_FLAGS = (
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-exports=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/java.net=ALL-UNNAMED",
+)
+
+
+class Cassandra(Service):
+    """Apache Cassandra 5: the CQL endpoint (same protocol and Murmur3 ring as ScyllaDB)."""
+
+    name = "cassandra"
+    start_timeout_s = 180.0
+    heap = "1G"
+
+    def install(self) -> None:
+        install.ensure_jars(self.layout, install.JAR_SETS[2])
+
+    def prepare(self) -> None:
+        for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "conf"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        (self.home / "conf/cassandra.yaml").write_text(configs.cassandra_yaml(self.home))
+        (self.home / "conf/logback.xml").write_text(configs.cassandra_logback(self.log_file))
+
+    def start(self) -> None:
+        lib = self.layout.lib("cassandra")
+        jamm = sorted(lib.glob("jamm-*.jar"))
+        command = [
+            _java(),
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-Xss512k",
+            "-XX:+UseG1GC",
+            "-XX:+HeapDumpOnOutOfMemoryError",
+            *CASSANDRA_JVM17_FLAGS,
+            *([f"-javaagent:{jamm[0]}"] if jamm else []),
+            "-Djdk.attach.allowAttachSelf=true",
+            "-Dchronicle.analytics.disable=true",
+            "-Djava.net.preferIPv4Stack=true",
+            f"-Dcassandra.config=file://{self.home}/conf/cassandra.yaml",
+            f"-Dcassandra.storagedir={self.home}",
+            f"-Dcassandra.logdir={self.layout.logs}",
+            f"-Dlogback.configurationFile={self.home}/conf/logback.xml",
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.superuser_setup_delay_ms=0",
+            "-Dcassandra.ring_delay_ms=1000",
+            "-Dcassandra.jmx.local.port=7199",
+            "-cp",
+            f"{lib}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        processes.spawn(
+            command,
+            self.layout.logs / "cassandra.out",
+            self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def probe(self) -> Health:
+        from cassandra.cluster import Cluster, NoHostAvailable
+
+        cluster = Cluster(
+            [LOOPBACK],
+            port=CQL_PORT,
+            connect_timeout=PROBE_TIMEOUT_S,
+            control_connection_timeout=PROBE_TIMEOUT_S,
+            protocol_version=5,
+        )
+        try:
+            session = cluster.connect()
+            row = session.execute(
+                "SELECT release_version, partitioner FROM system.local", timeout=PROBE_TIMEOUT_S
+            ).one()
+        except (NoHostAvailable, OSError, Exception) as exc:  # driver raises many types
+            return Health(self.name, False, f"CQL query failed: {exc}")
+        finally:
+            cluster.shutdown()
+        partitioner = str(row.partitioner).rsplit(".", 1)[-1]
+        return Health(
+            self.name,
+            True,
+            f"Cassandra {row.release_version} ({partitioner}) on {LOOPBACK}:{CQL_PORT}",
+        )
+
+
+KAFKA_HEAP = "512m"
+
+
+class Kafka(Service):
+    """Apache Kafka in KRaft mode: one broker that is its own controller."""
+
+    name = "kafka"
+    start_timeout_s = 90.0
+
+    def install(self) -> None:
+        install.ensure_jars(self.layout, install.JAR_SETS[0])
+
+    def prepare(self) -> None:
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        properties = self.home / "server.properties"
+        properties.write_text(configs.kafka_server_properties(self.home))
+        (self.home / "log4j2.xml").write_text(configs.log4j2_xml(self.log_file))
+        if not (self.home / "data/meta.properties").exists():
+            result = subprocess.run(
+                [
+                    _java(),
+                    "-cp",
+                    f"{self.layout.lib('kafka')}/*",
+                    f"-Dlog4j2.configurationFile={self.home}/log4j2.xml",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    configs.kafka_cluster_id(),
+                    "-c",
+                    str(properties),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                raise DevstackError(
+                    f"formatting Kafka storage in {self.home / 'data'} failed: "
+                    f"{(result.stdout + result.stderr).strip()[-1500:]}"
+                )
+
+    def start(self) -> None:
+        command = [
+            _java(),
+            f"-Xms{KAFKA_HEAP}",
+            f"-Xmx{KAFKA_HEAP}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home}/log4j2.xml",
+            f"-Dkafka.logs.dir={self.layout.logs}",
+            "-cp",
+            f"{self.layout.lib('kafka')}/*",
+            "kafka.Kafka",
+            str(self.home / "server.properties"),
+        ]
+        processes.spawn(
+            command, self.layout.logs / "kafka.out", self.layout.pid_file(self.name), cwd=self.home
+        )
+
+    def probe(self) -> Health:
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(
+            {"bootstrap.servers": f"{LOOPBACK}:{KAFKA_PORT}", "log_level": 0, "logger": _quiet}
+        )
+        try:
+            metadata = admin.list_topics(timeout=PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            return Health(self.name, False, f"metadata request failed: {exc}")
+        return Health(
+            self.name,
+            True,
+            f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topic(s) on "
+            f"{LOOPBACK}:{KAFKA_PORT}",
+        )
+
+
+class _QuietLogger:
+    """Swallows librdkafka's connection-refused chatter during probes."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> object:
+        return self.log
+
+
+_quiet = _QuietLogger()
+
+CONNECT_HEAP = "768m"
+
+
+class Connect(Service):
+    """A Kafka Connect distributed worker with the Debezium JDBC sink on its plugin path."""
+
+    name = "connect"
+    start_timeout_s = 150.0
+    depends_on = ("kafka",)
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    def install(self) -> None:
+        install.ensure_jars(self.layout, install.JAR_SETS[1])
+        install.ensure_jars(self.layout, install.JAR_SETS[3])
+
+    def prepare(self) -> None:
+        self.secrets_dir.mkdir(parents=True, exist_ok=True)
+        secrets = self.secrets_dir / "postgres.properties"
+        secrets.write_text(configs.connect_secrets_properties())
+        secrets.chmod(0o600)
+        (self.home / "worker.properties").write_text(
+            configs.connect_worker_properties(self.layout.plugin_path, self.secrets_dir)
+        )
+        (self.home / "log4j2.xml").write_text(configs.log4j2_xml(self.log_file))
+
+    def start(self) -> None:
+        command = [
+            _java(),
+            f"-Xms{CONNECT_HEAP}",
+            f"-Xmx{CONNECT_HEAP}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.home}/log4j2.xml",
+            f"-Dkafka.logs.dir={self.layout.logs}",
+            "-cp",
+            f"{self.layout.lib('connect')}/*",
+            "org.apache.kafka.connect.cli.ConnectDistributed",
+            str(self.home / "worker.properties"),
+        ]
+        processes.spawn(
+            command,
+            self.layout.logs / "connect.out",
+            self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def probe(self) -> Health:
+        url = f"http://{LOOPBACK}:{CONNECT_PORT}/connector-plugins"
+        try:
+            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+            response.raise_for_status()
+            plugins = [p["class"] for p in response.json()]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            return Health(self.name, False, f"GET {url} failed: {exc}")
+        if JDBC_SINK_CLASS not in plugins:
+            return Health(
+                self.name, False, f"{JDBC_SINK_CLASS} is not among the plugins {plugins}"
+            )
+        return Health(
+            self.name, True, f"{len(plugins)} plugin(s) incl. the JDBC sink on port {CONNECT_PORT}"
+        )
+
+
+class Pushgateway(Service):
+    name = "pushgateway"
+    start_timeout_s = 30.0
+
+    def install(self) -> None:
+        install.ensure_pushgateway()
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> None:
+        processes.spawn(
+            [
+                str(PUSHGATEWAY_BIN),
+                f"--web.listen-address={LOOPBACK}:{PUSHGATEWAY_PORT}",
+                # In the state directory, which also marks the process as the stack's.
+                f"--persistence.file={self.home / 'metrics.store'}",
+            ],
+            self.log_file,
+            self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def probe(self) -> Health:
+        url = f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}/-/ready"
+        try:
+            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+        except requests.RequestException as exc:
+            return Health(self.name, False, f"GET {url} failed: {exc}")
+        if response.status_code != 200:
+            return Health(self.name, False, f"GET {url} answered {response.status_code}")
+        return Health(self.name, True, f"ready on {LOOPBACK}:{PUSHGATEWAY_PORT}")
+
+
+SERVICE_TYPES: tuple[type[Service], ...] = (Postgres, Cassandra, Kafka, Connect, Pushgateway)
+
+
+def all_services(layout: StackLayout) -> list[Service]:
+    return [service_type(layout) for service_type in SERVICE_TYPES]
