@@ -20,8 +20,10 @@ from cdc_pipelines.errors import DevstackError
 MAVEN_DIR = Path(__file__).parent / "maven"
 MARKER = ".pom-sha256"
 # Jars the Connect worker provides itself; inside a plugin directory they would
-# shadow the worker's own classes.
-WORKER_PROVIDED_GROUPS = "org.apache.kafka,org.slf4j"
+# shadow the worker's own classes. Jackson is among them: the worker's
+# jackson-module-blackbird is found by ServiceLoader from inside the plugin and
+# fails with "not a subtype" against a plugin-local jackson-databind.
+WORKER_PROVIDED_GROUPS = "org.apache.kafka,org.slf4j,com.fasterxml.jackson.core"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ def pom_path(jar_set: JarSet) -> Path:
 def ensure_jars(layout: StackLayout, jar_set: JarSet) -> Path:
     """Copy the jar set's dependencies into the cache unless an identical copy exists."""
     pom = pom_path(jar_set)
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()
+    recipe = pom.read_bytes() + (jar_set.exclude_groups or "").encode()
+    digest = hashlib.sha256(recipe).hexdigest()
     target = layout.jars / jar_set.target
     marker = target / MARKER
     if marker.exists() and marker.read_text().strip() == digest:

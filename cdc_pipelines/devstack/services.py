@@ -434,9 +434,8 @@ class Kafka(Service):
         from confluent_kafka import KafkaException
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(
-            {"bootstrap.servers": f"{LOOPBACK}:{KAFKA_PORT}", "log_level": 0, "logger": _quiet}
-        )
+        # log_level 0: librdkafka would otherwise print connection-refused chatter.
+        admin = AdminClient({"bootstrap.servers": f"{LOOPBACK}:{KAFKA_PORT}", "log_level": 0})
         try:
             metadata = admin.list_topics(timeout=PROBE_TIMEOUT_S)
         except KafkaException as exc:
@@ -448,18 +447,6 @@ class Kafka(Service):
             f"{LOOPBACK}:{KAFKA_PORT}",
         )
 
-
-class _QuietLogger:
-    """Swallows librdkafka's connection-refused chatter during probes."""
-
-    def log(self, *args: object, **kwargs: object) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> object:
-        return self.log
-
-
-_quiet = _QuietLogger()
 
 CONNECT_HEAP = "768m"
 
@@ -519,9 +506,7 @@ class Connect(Service):
         except (requests.RequestException, ValueError, KeyError) as exc:
             return Health(self.name, False, f"GET {url} failed: {exc}")
         if JDBC_SINK_CLASS not in plugins:
-            return Health(
-                self.name, False, f"{JDBC_SINK_CLASS} is not among the plugins {plugins}"
-            )
+            return Health(self.name, False, f"{JDBC_SINK_CLASS} is not among the plugins {plugins}")
         return Health(
             self.name, True, f"{len(plugins)} plugin(s) incl. the JDBC sink on port {CONNECT_PORT}"
         )

@@ -55,12 +55,19 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
         "CDC_KAFKA_BOOTSTRAP_SERVERS": f"{LOOPBACK}:{KAFKA_PORT}",
         "CDC_CONNECT_URL": f"http://{LOOPBACK}:{CONNECT_PORT}",
         "CDC_PUSHGATEWAY_URL": f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}",
-        "CDC_CONNECT_SECRETS_FILE": str(layout.service_dir("connect") / "secrets/postgres.properties"),
+        "CDC_CONNECT_SECRETS_FILE": str(
+            layout.service_dir("connect") / "secrets/postgres.properties"
+        ),
         "DAGSTER_PG_HOST": LOOPBACK,
         "DAGSTER_PG_PORT": str(POSTGRES_PORT),
         "DAGSTER_PG_USER": POSTGRES_USER,
         "DAGSTER_PG_PASSWORD": POSTGRES_PASSWORD,
         "DAGSTER_PG_DB": DAGSTER_DB,
+        # psycopg2 on purpose: with SQLAlchemy 2.1 a bare postgresql:// URL selects
+        # psycopg 3, on which dagster-postgres's NOTIFY statement fails.
+        "DAGSTER_PG_URL": (
+            f"postgresql+psycopg2://{POSTGRES_USER}:{POSTGRES_PASSWORD}@{LOOPBACK}:{POSTGRES_PORT}/{DAGSTER_DB}"
+        ),
     }
 
 
