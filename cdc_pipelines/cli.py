@@ -42,6 +42,12 @@ def _stack_command(args: argparse.Namespace) -> int:
     raise AssertionError(args.stack_command)
 
 
+def _demo_command(args: argparse.Namespace) -> int:
+    from cdc_pipelines.demo import run_demo
+
+    return run_demo(report=_err)
+
+
 def _print_status(statuses: Sequence[stack.ServiceStatus]) -> None:
     for item in statuses:
         state = "healthy" if item.health.healthy else "DOWN"
@@ -62,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack_sub.add_parser("status", help="probe every service; exit 3 when one is down")
     stack_sub.add_parser("env", help="print export lines with the connection settings")
     stack_parser.set_defaults(handler=_stack_command)
+    demo_parser = commands.add_parser(
+        "demo", help="bring up the local stack and run the pipeline end to end"
+    )
+    demo_parser.set_defaults(handler=_demo_command)
     return parser
 
 
