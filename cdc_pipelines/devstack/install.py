@@ -86,6 +86,40 @@ def ensure_jars(layout: StackLayout, jar_set: JarSet) -> Path:
     return target
 
 
+TRANSFORMS_PROJECT = Path(__file__).parents[1] / "connect" / "smt"
+TRANSFORMS_PLUGIN = "plugins/cdc-transforms"
+
+
+def ensure_transforms(layout: StackLayout) -> Path:
+    """Build the project's Connect transform jar into its own plugin directory (cached)."""
+    sources = sorted(TRANSFORMS_PROJECT.rglob("*.java")) + [TRANSFORMS_PROJECT / "pom.xml"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
+    target = layout.jars / TRANSFORMS_PLUGIN
+    marker = target / MARKER
+    if marker.exists() and marker.read_text().strip() == digest:
+        return target
+    if shutil.which("mvn") is None:
+        raise DevstackError("mvn is not on PATH; install Maven (Debian package 'maven') and retry")
+    build_dir = layout.cache / "build" / "cdc-transforms"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    shutil.copytree(TRANSFORMS_PROJECT, build_dir, ignore=shutil.ignore_patterns("target"))
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(build_dir / "pom.xml"), "package", "-DskipTests"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    jars = sorted((build_dir / "target").glob("cdc-transforms-*.jar"))
+    if result.returncode != 0 or not jars:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise DevstackError(f"building the Connect transforms in {build_dir} failed:\n{tail}")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    shutil.copy2(jars[0], target / jars[0].name)
+    (target / MARKER).write_text(digest + "\n")
+    return target
+
+
 def ensure_pushgateway() -> Path:
     """Debian's Pushgateway binary; installed with apt-get when running as root."""
     if PUSHGATEWAY_BIN.exists():

@@ -32,6 +32,7 @@ from cdc_pipelines.errors import DevstackError
 
 PROBE_TIMEOUT_S = 3.0
 JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
+TRANSFORM_CLASS = "io.cdcpipelines.connect.ComplexFieldsToJson"
 
 
 @dataclass(frozen=True)
@@ -465,6 +466,7 @@ class Connect(Service):
     def install(self) -> None:
         install.ensure_jars(self.layout, install.JAR_SETS[1])
         install.ensure_jars(self.layout, install.JAR_SETS[3])
+        install.ensure_transforms(self.layout)
 
     def prepare(self) -> None:
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
@@ -498,17 +500,22 @@ class Connect(Service):
         )
 
     def probe(self) -> Health:
-        url = f"http://{LOOPBACK}:{CONNECT_PORT}/connector-plugins"
+        url = f"http://{LOOPBACK}:{CONNECT_PORT}/connector-plugins?connectorsOnly=false"
         try:
             response = requests.get(url, timeout=PROBE_TIMEOUT_S)
             response.raise_for_status()
-            plugins = [p["class"] for p in response.json()]
+            plugins = {p["class"]: p.get("type", "") for p in response.json()}
         except (requests.RequestException, ValueError, KeyError) as exc:
             return Health(self.name, False, f"GET {url} failed: {exc}")
-        if JDBC_SINK_CLASS not in plugins:
-            return Health(self.name, False, f"{JDBC_SINK_CLASS} is not among the plugins {plugins}")
+        missing = [c for c in (JDBC_SINK_CLASS, TRANSFORM_CLASS) if c not in plugins]
+        if missing:
+            return Health(self.name, False, f"plugins {missing} are not on the plugin path")
+        connectors = sum(1 for kind in plugins.values() if kind in ("sink", "source"))
         return Health(
-            self.name, True, f"{len(plugins)} plugin(s) incl. the JDBC sink on port {CONNECT_PORT}"
+            self.name,
+            True,
+            f"{connectors} connector plugin(s) incl. the JDBC sink and cdc-transforms "
+            f"on port {CONNECT_PORT}",
         )
 
 
