@@ -17,11 +17,11 @@ import org.apache.kafka.connect.transforms.Transformation;
  * Rewrites collection, tuple and UDT columns of a CDC envelope as JSON text.
  *
  * <p>The JDBC sink writes primitives and arrays of primitives, but not structs or arrays of
- * structs (how the Scylla CDC source emits maps, tuples and UDTs). Inside the envelope's
- * {@code before} and {@code after} rows, every STRUCT or MAP column and every ARRAY column whose
- * elements are not primitive becomes an optional STRING holding the column's JSON (Connect's
- * own JsonConverter, schemas off), which PostgreSQL accepts into a jsonb column. Records that
- * are not envelopes (tombstones, flat rows) pass through unchanged.
+ * structs (how the Scylla CDC source emits maps, tuples and UDTs), nor arrays of bytes or of
+ * timestamps. Inside the envelope's {@code before} and {@code after} rows, every such column
+ * becomes an optional STRING holding the column's JSON (Connect's own JsonConverter, schemas
+ * off), which PostgreSQL accepts into a jsonb column. Apply it before unwrapping the envelope.
+ * Records that are not envelopes (tombstones, flat rows) pass through unchanged.
  */
 public class ComplexFieldsToJson<R extends ConnectRecord<R>> implements Transformation<R> {
   private static final String[] ROW_FIELDS = {"before", "after"};
@@ -71,7 +71,14 @@ public class ComplexFieldsToJson<R extends ConnectRecord<R>> implements Transfor
   private static boolean isComplex(Schema schema) {
     return switch (schema.type()) {
       case STRUCT, MAP -> true;
-      case ARRAY -> !schema.valueSchema().type().isPrimitive();
+      // Arrays of structs, of nested collections, of bytes or of logical types (timestamps,
+      // dates) have no JDBC array binding in the sink; arrays of plain primitives do.
+      case ARRAY -> {
+        Schema element = schema.valueSchema();
+        yield !element.type().isPrimitive()
+            || element.type() == Schema.Type.BYTES
+            || element.name() != null;
+      }
       default -> false;
     };
   }

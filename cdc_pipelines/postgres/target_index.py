@@ -1,0 +1,220 @@
+"""Target index: one streaming pass over the PostgreSQL table, bucketed by token slice.
+
+PostgreSQL cannot compute Cassandra's Murmur3 token, so the replicated table is
+streamed once with ``COPY (SELECT …) TO STDOUT (FORMAT CSV)`` into Arrow batches,
+each row's token is computed client-side from its serialized partition key, and
+the canonical rows (keys, compared columns, version, row hash) are appended to one
+Arrow IPC file per slice under the scratch directory. Memory holds one batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as ipc
+from psycopg import sql
+
+from cdc_pipelines.config import TableSpec
+from cdc_pipelines.errors import ReconcileError, ServiceError
+from cdc_pipelines.reconcile.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_postgres_text
+from cdc_pipelines.reconcile.rowhash import with_row_hash
+from cdc_pipelines.scylla.slices import slice_id, slice_indices
+from cdc_pipelines.scylla.tokens import partition_tokens
+
+TOKEN_COLUMN = "_token"
+CSV_BLOCK_SIZE = 8 << 20
+MANIFEST = "manifest.json"
+SESSION_SETTINGS = (
+    "SET TIME ZONE 'UTC'",
+    "SET bytea_output = 'hex'",
+    "SET extra_float_digits = 3",
+    "SET IntervalStyle = 'iso_8601'",
+    "SET DateStyle = 'ISO, YMD'",
+)
+
+
+@dataclass(frozen=True)
+class TargetIndexManifest:
+    """What one target-index pass wrote: rows per slice and when the pass started."""
+
+    table: str
+    slice_count: int
+    rows: int
+    rows_per_slice: dict[str, int]
+    started_at_us: int
+    duration_s: float
+
+    def write(self, directory: Path) -> None:
+        (directory / MANIFEST).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, directory: Path) -> TargetIndexManifest:
+        try:
+            return cls(**json.loads((directory / MANIFEST).read_text()))
+        except FileNotFoundError:
+            raise ReconcileError(
+                f"no target index in {directory}; build it first (the target_index asset or "
+                "'cdc-pipelines reconcile')"
+            ) from None
+
+
+def index_schema(schema: CanonicalSchema) -> pa.Schema:
+    return schema.arrow_schema.append(pa.field(ROW_HASH_COLUMN, pa.uint64())).append(
+        pa.field(TOKEN_COLUMN, pa.int64())
+    )
+
+
+def slice_file(directory: Path, slice_key: str) -> Path:
+    return directory / f"slice={slice_key}.arrow"
+
+
+class _CopyStream(io.RawIOBase):
+    """A readable file over psycopg's COPY TO STDOUT chunks."""
+
+    def __init__(self, chunks: Iterator[memoryview]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buffer:
+            try:
+                self._buffer = bytes(next(self._chunks))
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def copy_query(table: TableSpec, schema: CanonicalSchema) -> sql.Composed:
+    columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.column_names)
+    return sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT CSV)").format(
+        columns, sql.Identifier(table.target_schema), sql.Identifier(table.target_table)
+    )
+
+
+def build_target_index(
+    conn: psycopg.Connection,
+    table: TableSpec,
+    schema: CanonicalSchema,
+    slice_count: int,
+    directory: Path,
+    on_rows: Callable[[int], None] | None = None,
+) -> TargetIndexManifest:
+    """Stream the target table into per-slice Arrow IPC files in ``directory`` (replaced)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("slice=*.arrow"):
+        old.unlink()
+    started = time.monotonic()
+    started_at_us = time.time_ns() // 1000
+    out_schema = index_schema(schema)
+    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    counts = [0] * slice_count
+    key_columns = [(c.name, c.cql_type) for c in schema.partition_key]
+    names = list(schema.column_names)
+    try:
+        with conn.cursor() as cursor:
+            for statement in SESSION_SETTINGS:
+                cursor.execute(statement)
+            with cursor.copy(copy_query(table, schema)) as copy:
+                stream = io.BufferedReader(_CopyStream(iter(copy)), buffer_size=CSV_BLOCK_SIZE)
+                reader = pa_csv.open_csv(
+                    stream,
+                    read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_SIZE),
+                    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                    convert_options=pa_csv.ConvertOptions(
+                        column_types={n: pa.string() for n in names},
+                        strings_can_be_null=True,
+                        quoted_strings_can_be_null=False,
+                        null_values=[""],
+                    ),
+                )
+                for batch in reader:
+                    canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
+                    hashed = with_row_hash(canonical, schema)
+                    tokens = partition_tokens(hashed, key_columns, schema)
+                    indexed = hashed.append_column(TOKEN_COLUMN, tokens)
+                    slices = slice_indices(tokens, slice_count)
+                    _write_by_slice(
+                        indexed, slices, writers, directory, out_schema, slice_count, counts
+                    )
+                    if on_rows:
+                        on_rows(indexed.num_rows)
+    except psycopg.Error as exc:
+        raise ServiceError(
+            f"reading {table.target} from PostgreSQL failed: {str(exc).strip()}; check that the "
+            "table exists (cdc-pipelines ddl apply) and CDC_POSTGRES_DSN"
+        ) from None
+    except (pa.ArrowInvalid, StopIteration) as exc:
+        raise ReconcileError(f"{table.target}: the COPY output could not be read: {exc}") from None
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for index in range(slice_count):
+        if index not in writers:
+            with ipc.new_file(slice_file(directory, slice_id(index, slice_count)), out_schema):
+                pass
+    manifest = TargetIndexManifest(
+        table=table.source,
+        slice_count=slice_count,
+        rows=sum(counts),
+        rows_per_slice={slice_id(i, slice_count): n for i, n in enumerate(counts)},
+        started_at_us=started_at_us,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+    manifest.write(directory)
+    return manifest
+
+
+def _write_by_slice(
+    table: pa.Table,
+    slices: object,
+    writers: dict[int, ipc.RecordBatchFileWriter],
+    directory: Path,
+    out_schema: pa.Schema,
+    slice_count: int,
+    counts: list[int],
+) -> None:
+    import numpy as np
+
+    indices = np.asarray(slices)
+    order = np.argsort(indices, kind="stable")
+    sorted_slices = indices[order]
+    boundaries = np.flatnonzero(np.diff(sorted_slices)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [len(order)]))
+    ordered = table.take(pa.array(order))
+    for start, end in zip(starts, ends, strict=True):
+        if start == end:
+            continue
+        index = int(sorted_slices[start])
+        writer = writers.get(index)
+        if writer is None:
+            path = slice_file(directory, slice_id(index, slice_count))
+            writer = ipc.new_file(path, out_schema)
+            writers[index] = writer
+        part = ordered.slice(int(start), int(end - start))
+        writer.write_table(part.cast(out_schema))
+        counts[index] += part.num_rows
+
+
+def read_slice_index(directory: Path, slice_key: str, schema: CanonicalSchema) -> pa.Table:
+    """The target rows of one slice (canonical columns and row hash)."""
+    path = slice_file(directory, slice_key)
+    if not path.exists():
+        raise ReconcileError(f"target index slice {path} is missing; rebuild the target index")
+    with pa.OSFile(str(path), "rb") as source:
+        table = ipc.open_file(source).read_all()
+    return table.drop_columns([TOKEN_COLUMN])
