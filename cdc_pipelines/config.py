@@ -3,22 +3,33 @@
 One file lists the replicated tables and how the streaming path and the
 reconciliation treat them. Everything else (DDL, connector configs, Dagster
 assets, reconciliation) is derived from the :class:`PipelineConfig` loaded here.
+A bad file fails with a :class:`ConfigError` naming the file, the field as it
+reads in the YAML (``tables[0](shop.orders).columns.total.type``) and the fix.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from cdc_pipelines.cqltypes import CqlType, CqlTypeSyntaxError, parse_cql_type
+from cdc_pipelines.cqltypes import SCALAR_TYPES, CqlType, CqlTypeSyntaxError, parse_cql_type
 from cdc_pipelines.errors import ConfigError
 
 CONFIG_ENV_VAR = "CDC_PIPELINE_CONFIG"
@@ -27,11 +38,37 @@ DEFAULT_SLICE_COUNT = 16
 MAX_SLICE_COUNT = 4096
 DEFAULT_VERSION_COLUMN = "_cdc_version_us"
 DEFAULT_TOPIC_PREFIX = "scylla"
+DEFAULT_SECRETS_FILE = "/etc/kafka-connect/secrets/postgres.properties"
+# PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
+PG_IDENTIFIER_MAX_BYTES = 63
+# Cassandra/ScyllaDB keyspace and table names: letters, digits, underscore, at most 48.
+CQL_NAME = re.compile(r"^[A-Za-z0-9_]{1,48}$")
+KAFKA_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# A target_type override is pasted into DDL, so only plain type syntax is accepted:
+# words, an optional (precision[, scale]), trailing words, array brackets.
+PG_TYPE_SYNTAX = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*( [A-Za-z_][A-Za-z0-9_]*)*"
+    r"( ?\( *\d+ *(, *\d+ *)?\))?( [A-Za-z_][A-Za-z0-9_]*)*( ?\[\])*$"
+)
+# Kafka Connect list options (ReplaceField, MaskField) split on commas and
+# ReplaceField's renames on colons, so such names cannot be passed through them.
+CONNECT_LIST_SEPARATORS = (",",)
+CONNECT_RENAME_SEPARATORS = (",", ":")
+SECRET_FIELDS: tuple[tuple[str, ...], ...] = (("scylla", "password"),)
+KEY_FORBIDDEN_TYPES = frozenset({"duration", "counter"})
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_WHOLE_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$")
+_YAML_STR_TAG = "tag:yaml.org,2002:str"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _error_at(reason: str, *subpath: str | int) -> PydanticCustomError:
+    """A validation error located below the model that raises it (rendered by the loader)."""
+    return PydanticCustomError("declaration", "{reason}", {"reason": reason, "subpath": subpath})
 
 
 class TimestampPrecision(StrEnum):
@@ -41,7 +78,11 @@ class TimestampPrecision(StrEnum):
 
 
 class MaskMode(StrEnum):
-    """How a masked column is transformed by a Connect transform before PostgreSQL sees it."""
+    """How a masked column is transformed by a Connect transform before PostgreSQL sees it.
+
+    Neither Kafka nor Debezium ships a hashing transform, so ``hash`` is delivered
+    as a fixed replacement text (see :mod:`cdc_pipelines.connect.configs`).
+    """
 
     HASH = "hash"
     REDACT = "redact"
@@ -77,19 +118,55 @@ class Expectation(_Model):
     def _arguments_fit_kind(self) -> Expectation:
         needs_column = self.kind != "row_count_between"
         if needs_column and not self.column:
-            raise ValueError(f"expectation {self.kind!r} needs a 'column'")
-        if self.kind in ("between", "row_count_between") and self.min is None and self.max is None:
-            raise ValueError(f"expectation {self.kind!r} needs 'min' and/or 'max'")
+            raise _error_at(f"expectation {self.kind!r} needs a 'column'", "column")
+        if not needs_column and self.column:
+            raise _error_at("expectation 'row_count_between' takes no 'column'", "column")
+        if self.kind in ("between", "row_count_between"):
+            if self.min is None and self.max is None:
+                raise _error_at(f"expectation {self.kind!r} needs 'min' and/or 'max'", "min")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise _error_at(f"'min' ({self.min}) is greater than 'max' ({self.max})", "min")
         if self.kind == "in_set" and not self.values:
-            raise ValueError("expectation 'in_set' needs a non-empty 'values' list")
+            raise _error_at("expectation 'in_set' needs a non-empty 'values' list", "values")
         if self.kind == "matches_regex":
             if not self.regex:
-                raise ValueError("expectation 'matches_regex' needs a 'regex'")
+                raise _error_at("expectation 'matches_regex' needs a 'regex'", "regex")
             try:
                 re.compile(self.regex)
             except re.error as exc:
-                raise ValueError(f"'regex' is not a valid regular expression: {exc}") from None
+                raise _error_at(f"not a valid regular expression: {exc}", "regex") from None
         return self
+
+
+def _identifier(value: str, what: str) -> str:
+    """A PostgreSQL identifier: anything quotable (quotes, reserved words, unicode, spaces)."""
+    if not value:
+        raise ValueError(f"{what} is empty")
+    if "\x00" in value:
+        raise ValueError(f"{what} {value!r} contains a NUL character, which PostgreSQL rejects")
+    size = len(value.encode())
+    if size > PG_IDENTIFIER_MAX_BYTES:
+        raise ValueError(
+            f"{what} {value!r} is {size} bytes, longer than PostgreSQL's "
+            f"{PG_IDENTIFIER_MAX_BYTES}-byte identifier limit; choose a shorter name"
+        )
+    return value
+
+
+def _qualified(value: str, what: str) -> tuple[str, str]:
+    parts = value.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{what} {value!r} must be written as 'namespace.table' (one dot)")
+    return parts[0], parts[1]
+
+
+def _without_separators(name: str, what: str, separators: tuple[str, ...]) -> None:
+    bad = [s for s in separators if s in name]
+    if bad:
+        raise ValueError(
+            f"{what} {name!r} contains {' and '.join(repr(b) for b in bad)}, which Kafka Connect's "
+            "list options split on; rename the column"
+        )
 
 
 class ColumnSpec(_Model):
@@ -101,7 +178,7 @@ class ColumnSpec(_Model):
 
     @field_validator("name")
     @classmethod
-    def _name_not_blank(cls, value: str) -> str:
+    def _name_is_identifier(cls, value: str) -> str:
         return _identifier(value, "column name")
 
     @field_validator("type")
@@ -113,26 +190,19 @@ class ColumnSpec(_Model):
             raise ValueError(f"not a CQL type: {exc}") from None
         return value
 
+    @field_validator("target_type")
+    @classmethod
+    def _target_type_is_plain(cls, value: str | None) -> str | None:
+        if value is not None and not PG_TYPE_SYNTAX.match(value.strip()):
+            raise ValueError(
+                f"{value!r} is not a plain PostgreSQL type name (e.g. 'numeric(38, 10)', "
+                "'text[]', 'timestamp(3) with time zone')"
+            )
+        return value.strip() if value is not None else None
+
     @cached_property
     def cql_type(self) -> CqlType:
         return parse_cql_type(self.type)
-
-
-def _identifier(value: str, what: str) -> str:
-    if not value or not value.strip():
-        raise ValueError(f"{what} is empty")
-    if "\x00" in value:
-        raise ValueError(f"{what} {value!r} contains a NUL character")
-    if len(value.encode()) > 63:
-        raise ValueError(f"{what} {value!r} is longer than PostgreSQL's 63-byte identifier limit")
-    return value
-
-
-def _qualified(value: str, what: str) -> tuple[str, str]:
-    parts = value.split(".")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise ValueError(f"{what} {value!r} must be written as 'namespace.table'")
-    return parts[0], parts[1]
 
 
 class TableSpec(_Model):
@@ -158,19 +228,25 @@ class TableSpec(_Model):
         # Columns may be written as an ordered mapping ``name: type`` or
         # ``name: {type: …, target_type: …}``; both become ColumnSpec.
         if isinstance(value, Mapping):
-            columns = []
+            columns: list[Any] = []
             for name, spec in value.items():
                 if isinstance(spec, Mapping):
-                    columns.append({"name": str(name), **spec})
+                    columns.append({"name": name, **spec})
                 else:
-                    columns.append({"name": str(name), "type": spec})
+                    columns.append({"name": name, "type": spec})
             return columns
         return value
 
     @field_validator("source")
     @classmethod
     def _source_is_qualified(cls, value: str) -> str:
-        _qualified(value, "source")
+        keyspace, table = _qualified(value, "source")
+        for part, what in ((keyspace, "keyspace"), (table, "table")):
+            if not CQL_NAME.match(part):
+                raise ValueError(
+                    f"source {what} {part!r} is not a ScyllaDB name (letters, digits and "
+                    "underscores, at most 48)"
+                )
         return value
 
     @field_validator("target")
@@ -184,32 +260,70 @@ class TableSpec(_Model):
     @model_validator(mode="after")
     def _keys_and_columns_agree(self) -> TableSpec:
         names = [c.name for c in self.columns]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"columns {duplicates} are declared more than once")
+        index = {name: i for i, name in reversed(list(enumerate(names)))}
+        for i, name in enumerate(names):
+            if index[name] != i:
+                raise _error_at(f"column {name!r} is declared more than once", "columns", i)
         if not self.partition_key:
-            raise ValueError("partition_key must name at least one column")
-        known = set(names)
-        for field_name, listed in (
+            raise _error_at("must name at least one column", "partition_key")
+        listed: tuple[tuple[str, tuple[str, ...]], ...] = (
             ("partition_key", self.partition_key),
             ("clustering_key", self.clustering_key),
             ("exclude", self.exclude),
             ("mask", tuple(self.mask)),
+        )
+        for field_name, names_listed in listed:
+            for name in names_listed:
+                if name not in index:
+                    close = difflib.get_close_matches(name, names, n=1)
+                    hint = (
+                        f"; did you mean {close[0]!r}?" if close else "; declare it under columns"
+                    )
+                    raise _error_at(f"names undeclared column {name!r}{hint}", field_name)
+        seen: set[str] = set()
+        for field_name, key_names in listed[:2]:
+            for name in key_names:
+                if name in seen:
+                    raise _error_at(f"column {name!r} appears twice in the primary key", field_name)
+                seen.add(name)
+                key_type = self.columns[index[name]].cql_type
+                if key_type.name in KEY_FORBIDDEN_TYPES or (
+                    key_type.name in ("list", "set", "map", "udt") and not key_type.frozen
+                ):
+                    raise _error_at(
+                        f"key column {name!r} has type {key_type}, which cannot be part of a "
+                        "primary key (use a frozen<…> type or another column)",
+                        field_name,
+                    )
+        for field_name, forbidden, what in (
+            ("exclude", self.exclude, "excluded"),
+            ("mask", tuple(self.mask), "masked"),
         ):
-            unknown = [n for n in listed if n not in known]
-            if unknown:
-                raise ValueError(f"{field_name} names undeclared columns {unknown}")
-        keys = set(self.partition_key) | set(self.clustering_key)
-        if len(keys) != len(self.partition_key) + len(self.clustering_key):
-            raise ValueError("a column appears twice across partition_key and clustering_key")
-        for forbidden, what in ((self.exclude, "excluded"), (tuple(self.mask), "masked")):
-            clash = sorted(keys & set(forbidden))
-            if clash:
-                raise ValueError(f"key columns {clash} cannot be {what}")
-        for expectation in self.expectations:
-            if expectation.column is not None and expectation.column not in known:
-                raise ValueError(
-                    f"expectation {expectation.kind!r} names undeclared column {expectation.column!r}"
+            for name in forbidden:
+                if name in seen:
+                    raise _error_at(
+                        f"key column {name!r} cannot be {what}: the key identifies the row in "
+                        "PostgreSQL; remove it from this list",
+                        field_name,
+                    )
+                try:
+                    _without_separators(name, f"{what} column", CONNECT_LIST_SEPARATORS)
+                except ValueError as exc:
+                    raise _error_at(str(exc), field_name) from None
+        clash = sorted(set(self.exclude) & set(self.mask))
+        if clash:
+            raise _error_at(f"columns {clash} are both excluded and masked; keep one", "mask")
+        for i, expectation in enumerate(self.expectations):
+            column = expectation.column
+            if column is not None and column not in index:
+                raise _error_at(f"names undeclared column {column!r}", "expectations", i, "column")
+            if column in self.exclude and expectation.side == "target":
+                raise _error_at(
+                    f"column {column!r} is excluded, so it does not exist in the target; "
+                    "set side: source or drop the expectation",
+                    "expectations",
+                    i,
+                    "column",
                 )
         return self
 
@@ -264,12 +378,28 @@ class ScyllaConnection(_Model):
 
 
 class SecretsConfig(_Model):
-    """How Connect resolves credentials: a config provider reference, never an inline secret."""
+    """How Connect resolves credentials: a config-provider reference, never an inline secret.
+
+    ``file`` reads ``path`` with Kafka's FileConfigProvider (``${file:<path>:<key>}``);
+    ``vault`` reads ``vault_path`` with a provider registered as ``vault`` in the
+    worker (``${vault:<vault_path>:<key>}``).
+    """
 
     provider: Literal["file", "vault"] = "file"
-    path: str = "/etc/kafka-connect/secrets/postgres.properties"
+    path: str = DEFAULT_SECRETS_FILE
     vault_url: str | None = None
     vault_path: str | None = None
+    postgres_user_key: str = "postgres.user"
+    postgres_password_key: str = "postgres.password"
+    mask_salt_key: str = "mask.salt"
+    scylla_user_key: str = "scylla.user"
+    scylla_password_key: str = "scylla.password"
+
+    @model_validator(mode="after")
+    def _vault_has_path(self) -> SecretsConfig:
+        if self.provider == "vault" and not self.vault_path:
+            raise _error_at("provider 'vault' needs the secret's path in Vault", "vault_path")
+        return self
 
 
 class ConnectorSettings(_Model):
@@ -279,12 +409,56 @@ class ConnectorSettings(_Model):
     source_tasks_max: int = Field(2, ge=1)
     sink_tasks_max: int = Field(1, ge=1)
     sink_batch_size: int = Field(2000, ge=1)
+    # Prefix of the per-table dead-letter topics: <dlq_topic>.<keyspace>.<table>.
     dlq_topic: str = "cdc-dlq"
-    heartbeat_interval_ms: int = Field(10_000, ge=0)
+    dlq_replication_factor: int = Field(1, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    topic_partitions: int = Field(3, ge=1)
+    # The Scylla connector needs heartbeats to advance its offsets; 0 is rejected.
+    heartbeat_interval_ms: int = Field(10_000, ge=1)
     confidence_window_ms: int = Field(5_000, ge=0)
     query_time_window_ms: int = Field(10_000, ge=1)
     sink_connection_url: str = "jdbc:postgresql://127.0.0.1:5432/cdc"
     secrets: SecretsConfig = SecretsConfig()
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix_is_logical_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_]+$", value):
+            raise ValueError(
+                f"{value!r} is not a valid Scylla logical name (letters, digits, underscores)"
+            )
+        return value
+
+    @field_validator("dlq_topic")
+    @classmethod
+    def _dlq_is_topic(cls, value: str) -> str:
+        if not KAFKA_TOPIC_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a Kafka topic name (letters, digits, '.', '_', '-')"
+            )
+        return value
+
+    @field_validator("source_name", "sink_name_prefix")
+    @classmethod
+    def _connector_name(cls, value: str) -> str:
+        if not value or "/" in value or value.strip() != value:
+            raise ValueError(
+                f"{value!r} cannot name a connector (empty, '/' or surrounding spaces)"
+            )
+        return value
+
+    @field_validator("sink_connection_url")
+    @classmethod
+    def _jdbc_url(cls, value: str) -> str:
+        if not value.startswith("jdbc:postgresql://"):
+            raise ValueError(f"{value!r} is not a PostgreSQL JDBC URL (jdbc:postgresql://host/db)")
+        if re.search(r"[?&](password|user)=", value):
+            raise ValueError(
+                "the JDBC URL carries credentials; remove user=/password= and put them in the "
+                "Connect secrets file (connectors.secrets)"
+            )
+        return value
 
 
 class Defaults(_Model):
@@ -292,6 +466,13 @@ class Defaults(_Model):
     tolerances: Tolerances = Tolerances()
     lag_slo: LagSlo = LagSlo()
     version_column: str = DEFAULT_VERSION_COLUMN
+
+    @field_validator("version_column")
+    @classmethod
+    def _version_column_name(cls, value: str) -> str:
+        _identifier(value, "version column")
+        _without_separators(value, "version column", CONNECT_RENAME_SEPARATORS)
+        return value
 
 
 class PipelineConfig(_Model):
@@ -304,26 +485,71 @@ class PipelineConfig(_Model):
     user_types: Mapping[str, Mapping[str, str]] = Field(default_factory=dict)
     tables: tuple[TableSpec, ...]
 
-    @model_validator(mode="after")
-    def _tables_unique(self) -> PipelineConfig:
-        for attr in ("source", "target"):
-            seen = [getattr(t, attr) for t in self.tables]
-            dupes = sorted({s for s in seen if seen.count(s) > 1})
-            if dupes:
-                raise ValueError(f"tables declare the same {attr} more than once: {dupes}")
-        for udt, fields in self.user_types.items():
+    @field_validator("tables")
+    @classmethod
+    def _some_tables(cls, value: tuple[TableSpec, ...]) -> tuple[TableSpec, ...]:
+        if not value:
+            raise ValueError("the list is empty; declare at least one replicated table")
+        return value
+
+    @field_validator("user_types")
+    @classmethod
+    def _user_type_fields_parse(
+        cls, value: Mapping[str, Mapping[str, str]]
+    ) -> Mapping[str, Mapping[str, str]]:
+        for udt, fields in value.items():
+            if not fields:
+                raise _error_at(f"user type {udt!r} declares no fields", udt)
             for field_name, type_text in fields.items():
                 try:
-                    parse_cql_type(type_text)
+                    field_type = parse_cql_type(type_text)
                 except CqlTypeSyntaxError as exc:
-                    raise ValueError(f"user type {udt!r} field {field_name!r}: {exc}") from None
-        for table in self.tables:
-            for column in table.columns:
+                    raise _error_at(f"not a CQL type: {exc}", udt, field_name) from None
+                for nested in _udt_names(field_type):
+                    if nested not in value:
+                        raise _error_at(
+                            _unknown_type_message(nested),
+                            udt,
+                            field_name,
+                        )
+        return value
+
+    @model_validator(mode="after")
+    def _tables_agree(self) -> PipelineConfig:
+        for attr in ("source", "target"):
+            first: dict[str, int] = {}
+            for i, table in enumerate(self.tables):
+                value = getattr(table, attr)
+                if value in first:
+                    raise _error_at(
+                        f"{value!r} is already declared by tables[{first[value]}]; each table "
+                        f"must have its own {attr}",
+                        "tables",
+                        i,
+                        attr,
+                    )
+                first[value] = i
+        version_column = self.defaults.version_column
+        for i, table in enumerate(self.tables):
+            for j, column in enumerate(table.columns):
+                if column.name == version_column:
+                    raise _error_at(
+                        f"column {column.name!r} has the name of the version column; rename "
+                        "defaults.version_column or the column",
+                        "tables",
+                        i,
+                        "columns",
+                        j,
+                    )
                 for udt in _udt_names(column.cql_type):
                     if udt not in self.user_types:
-                        raise ValueError(
-                            f"table {table.source!r} column {column.name!r} uses user type "
-                            f"{udt!r}, which is not declared under user_types"
+                        raise _error_at(
+                            _unknown_type_message(udt),
+                            "tables",
+                            i,
+                            "columns",
+                            j,
+                            "type",
                         )
         return self
 
@@ -349,6 +575,17 @@ class PipelineConfig(_Model):
     def sink_name_for(self, table: TableSpec) -> str:
         return f"{self.connectors.sink_name_prefix}-{table.keyspace}-{table.table}"
 
+    def dlq_topic_for(self, table: TableSpec) -> str:
+        """The table's own dead-letter topic, so DLQ depth is observable per table."""
+        return f"{self.connectors.dlq_topic}.{table.keyspace}.{table.table}"
+
+
+def _unknown_type_message(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(SCALAR_TYPES), n=1, cutoff=0.75)
+    if close:
+        return f"{name!r} is not a CQL type; did you mean {close[0]!r}?"
+    return f"uses user type {name!r}, which is not declared under user_types"
+
 
 def _udt_names(cql_type: CqlType) -> list[str]:
     names = [cql_type.udt_name] if cql_type.udt_name else []
@@ -357,8 +594,15 @@ def _udt_names(cql_type: CqlType) -> list[str]:
     return names
 
 
-def interpolate_env(text: str, environ: Mapping[str, str], source: str) -> str:
-    """Replace ``${NAME}`` and ``${NAME:-default}``; an unset name without default is an error."""
+# ---------------------------------------------------------------------------
+# Loading: YAML nodes → environment interpolation → pydantic → located errors
+
+
+def interpolate_env(text: str, environ: Mapping[str, str], source: str, line: int = 1) -> str:
+    """Replace ``${NAME}`` and ``${NAME:-default}``; an unset name without default is an error.
+
+    ``line`` is the file line ``text`` starts on, so the error points at the reference.
+    """
 
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
@@ -366,9 +610,9 @@ def interpolate_env(text: str, environ: Mapping[str, str], source: str) -> str:
             return environ[name]
         if default is not None:
             return default
-        line = text.count("\n", 0, match.start()) + 1
+        where = line + text.count("\n", 0, match.start())
         raise ConfigError(
-            f"{source}:{line}: environment variable {name} is not set; "
+            f"{source}:{where}: environment variable {name} is not set; "
             f"export it or write ${{{name}:-default}}"
         )
 
@@ -399,18 +643,12 @@ def load_config(
 def parse_config(
     raw_text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
 ) -> PipelineConfig:
-    text = interpolate_env(raw_text, os.environ if environ is None else environ, source)
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    """Validate declaration text; ``source`` names it in errors (a path or ``<string>``)."""
+    document = load_yaml_document(raw_text, source, os.environ if environ is None else environ)
     if not isinstance(document, Mapping):
+        got = "an empty file" if document is None else f"a {type(document).__name__}"
         raise ConfigError(
-            f"{source}: the declaration must be a mapping with a 'tables' list, "
-            f"got {type(document).__name__}"
+            f"{source}: the declaration must be a mapping with a 'tables' list, got {got}"
         )
     try:
         return PipelineConfig.model_validate(document)
@@ -418,31 +656,144 @@ def parse_config(
         raise ConfigError(_format_validation_error(source, document, exc)) from None
 
 
+def load_yaml_document(text: str, source: str, environ: Mapping[str, str]) -> Any:
+    """Parse YAML, then interpolate ``${ENV}`` inside scalar values only.
+
+    Interpolating after parsing means a value (say, a password with ``#`` or
+    ``: ``) can never change the document's structure, and a reference in a
+    comment is ignored. Mapping keys are always strings, so a column named
+    ``on``, ``yes`` or ``null`` keeps its name. A key repeated in one mapping
+    is an error instead of YAML's silent last-one-wins.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        for path, scalar in _walk(node, (), source):
+            if "${" in scalar.value:
+                _check_secret_reference(path, scalar, source)
+                new_value = interpolate_env(
+                    scalar.value, environ, source, scalar.start_mark.line + 1
+                )
+                if scalar.style is None:
+                    # A plain ${SLICES} resolves like the value written in its place.
+                    scalar.tag = loader.resolve(yaml.ScalarNode, new_value, (True, False))
+                scalar.value = new_value
+            elif path in SECRET_FIELDS and scalar.value not in ("", "~", "null"):
+                _check_secret_reference(path, scalar, source)
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = exc.problem or exc.context or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _walk(
+    node: yaml.Node, path: tuple[str, ...], source: str
+) -> Iterator[tuple[tuple[str, ...], yaml.ScalarNode]]:
+    if isinstance(node, yaml.ScalarNode):
+        yield path, node
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _walk(item, (*path, "[]"), source)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key_node.tag = _YAML_STR_TAG
+                line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    raise ConfigError(
+                        f"{source}:{line}: key {key_node.value!r} appears twice in the same "
+                        f"mapping (first on line {seen[key_node.value]}); YAML would silently keep "
+                        "only the last one"
+                    )
+                seen[key_node.value] = line
+                yield from _walk(value_node, (*path, key_node.value), source)
+            else:
+                yield from _walk(value_node, (*path, "?"), source)
+
+
+def _check_secret_reference(path: tuple[str, ...], scalar: yaml.ScalarNode, source: str) -> None:
+    if path in SECRET_FIELDS and not _WHOLE_ENV_REF.match(scalar.value.strip()):
+        dotted = ".".join(path)
+        raise ConfigError(
+            f"{source}:{scalar.start_mark.line + 1}: {dotted} is a secret and must not be written "
+            f"in the file; write it as ${{CDC_{'_'.join(p.upper() for p in path)}}} and export "
+            "that variable"
+        )
+
+
 def _format_validation_error(source: str, document: Any, exc: ValidationError) -> str:
     lines = [f"{source}: invalid declaration ({exc.error_count()} problem(s)):"]
     for error in exc.errors():
-        path = _field_path(document, error["loc"])
+        ctx = error.get("ctx") or {}
+        loc = tuple(error["loc"]) + tuple(ctx.get("subpath", ()))
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field (check its spelling and where it is indented)"
-        lines.append(f"  {path}: {message}")
+            message = _unknown_field_message(str(loc[-1]))
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"  {_field_path(document, loc)}: {message}")
     return "\n".join(lines)
+
+
+def _unknown_field_message(name: str) -> str:
+    close = difflib.get_close_matches(name, sorted(_all_field_names()), n=1, cutoff=0.7)
+    hint = f"; did you mean {close[0]!r}?" if close else " (check its spelling and indentation)"
+    return f"unknown field {name!r}{hint}"
+
+
+def _all_field_names() -> set[str]:
+    models: tuple[type[BaseModel], ...] = (
+        PipelineConfig,
+        Defaults,
+        ScyllaConnection,
+        ConnectorSettings,
+        SecretsConfig,
+        TableSpec,
+        ColumnSpec,
+        Tolerances,
+        LagSlo,
+        Expectation,
+    )
+    return {name for model in models for name in model.model_fields}
 
 
 def _field_path(document: Any, loc: tuple[int | str, ...]) -> str:
     # Turn pydantic's location into the path a user reads in the YAML file, e.g.
-    # tables[0](shop.orders).columns.total.type
+    # tables[0](shop.orders).columns.total.type — columns written as a mapping
+    # are named by their key, not by their position.
     parts: list[str] = []
     node = document
     for item in loc:
-        if isinstance(item, int):
+        if isinstance(item, int) and isinstance(node, Mapping) and item < len(node):
+            key = list(node)[item]
+            parts.append(_key_label(str(key), first=not parts))
+            node = node[key]
+        elif isinstance(item, int):
             label = f"[{item}]"
             if isinstance(node, list) and item < len(node):
                 node = node[item]
                 if isinstance(node, Mapping) and "source" in node:
                     label += f"({node['source']})"
+            else:
+                node = None
             parts.append(label)
         else:
-            parts.append(f".{item}" if parts else str(item))
+            parts.append(_key_label(item, first=not parts))
             node = node.get(item) if isinstance(node, Mapping) else None
     return "".join(parts) or "(document)"
+
+
+def _key_label(key: str, *, first: bool) -> str:
+    # Names with dots, brackets or control characters are shown quoted so the path stays readable.
+    if key.isprintable() and not any(c in key for c in ".[]") and key:
+        return key if first else f".{key}"
+    return f"[{key!r}]"

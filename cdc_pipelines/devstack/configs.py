@@ -159,7 +159,14 @@ config.providers.file.param.allowed.paths={secrets_dir}
 def connect_secrets_properties() -> str:
     # Read by Connect's FileConfigProvider: connector configs reference
     # ${{file:<path>:postgres.user}} instead of carrying the credentials inline.
-    return f"postgres.user={POSTGRES_USER}\npostgres.password={POSTGRES_PASSWORD}\n"
+    return (
+        f"postgres.user={POSTGRES_USER}\npostgres.password={POSTGRES_PASSWORD}\n"
+        f"mask.salt={MASK_SALT}\n"
+    )
+
+
+# The devstack's salt for hashed (masked) columns; production keeps its own in Vault.
+MASK_SALT = "cdc-devstack-salt"
 
 
 def postgres_conf(socket_dir: Path) -> str:

@@ -484,6 +484,8 @@ class Connect(Service):
             f"-Xms{CONNECT_HEAP}",
             f"-Xmx{CONNECT_HEAP}",
             "-XX:+UseG1GC",
+            # The JDBC sink binds timestamps as local date-times of the JVM's zone.
+            "-Duser.timezone=UTC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.home}/log4j2.xml",
             f"-Dkafka.logs.dir={self.layout.logs}",

@@ -79,7 +79,7 @@ def slice_file(directory: Path, slice_key: str) -> Path:
 class _CopyStream(io.RawIOBase):
     """A readable file over psycopg's COPY TO STDOUT chunks."""
 
-    def __init__(self, chunks: Iterator[memoryview]) -> None:
+    def __init__(self, chunks: Iterator[bytes | bytearray | memoryview]) -> None:
         self._chunks = chunks
         self._buffer = b""
 
@@ -123,6 +123,7 @@ def build_target_index(
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     counts = [0] * slice_count
     key_columns = [(c.name, c.cql_type) for c in schema.partition_key]
+    user_types = {name: fields for name, fields in schema.user_types}
     names = list(schema.column_names)
     try:
         with conn.cursor() as cursor:
@@ -144,7 +145,7 @@ def build_target_index(
                 for batch in reader:
                     canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
                     hashed = with_row_hash(canonical, schema)
-                    tokens = partition_tokens(hashed, key_columns, schema)
+                    tokens = partition_tokens(hashed, key_columns, user_types)
                     indexed = hashed.append_column(TOKEN_COLUMN, tokens)
                     slices = slice_indices(tokens, slice_count)
                     _write_by_slice(

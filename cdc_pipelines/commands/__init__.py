@@ -1,0 +1,1 @@
+"""Subcommands of ``cdc-pipelines``; each module adds its parser and handler."""

@@ -1,0 +1,95 @@
+"""``cdc-pipelines connectors plan|apply|status|restart``: the streaming path in Kafka Connect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cdc_pipelines.commands.common import (
+    EXIT_OK,
+    EXIT_SERVICE,
+    add_config_option,
+    declaration,
+    say,
+    settings,
+)
+from cdc_pipelines.connect.client import ConnectClient
+from cdc_pipelines.connect.configs import ConnectorConfig, connector_configs, sink_connector_configs
+from cdc_pipelines.errors import ConnectError
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("connectors", help="generate, deploy and watch the connectors")
+    sub = parser.add_subparsers(dest="connectors_command", required=True)
+    for name, text in (
+        ("plan", "print the generated configs and the diff against what Connect runs"),
+        ("apply", "validate, then create or update connectors whose config differs"),
+        ("status", "connector and task state; exit 3 when a task is not RUNNING"),
+        ("restart", "restart failed tasks (includeTasks=true&onlyFailed=true)"),
+    ):
+        command = sub.add_parser(name, help=text)
+        add_config_option(command)
+        command.add_argument(
+            "--sinks-only",
+            action="store_true",
+            help="leave the Scylla CDC source out (its plugin is not installed everywhere)",
+        )
+        if name == "plan":
+            command.add_argument("--json", action="store_true", help="print configs as JSON")
+    parser.set_defaults(handler=run)
+
+
+def desired(args: argparse.Namespace) -> tuple[ConnectorConfig, ...]:
+    config = declaration(args)
+    if args.sinks_only:
+        return sink_connector_configs(config)
+    return connector_configs(config)
+
+
+def run(args: argparse.Namespace) -> int:
+    wanted = desired(args)
+    client = ConnectClient(settings().connect_url)
+    command = args.connectors_command
+    if command == "plan":
+        if args.json:
+            print(json.dumps({c.name: c.as_dict() for c in wanted}, indent=2))
+        else:
+            for connector in wanted:
+                print(f"# {connector.name}")
+                for key, value in sorted(connector.config.items()):
+                    print(f"{key}={value}")
+                print()
+        try:
+            changes = client.plan(wanted)
+        except ConnectError as exc:
+            say(f"cannot compare with the running connectors: {exc}")
+            return EXIT_SERVICE
+        print("# changes against Kafka Connect")
+        for change in changes:
+            print(change.describe())
+        return EXIT_OK
+    if command == "apply":
+        for change in client.apply(wanted):
+            print(change.describe())
+        return EXIT_OK
+    if command == "status":
+        healthy = True
+        for connector in wanted:
+            status = client.status(connector.name)
+            healthy &= status.healthy
+            print(f"{status.name}: connector {status.state}")
+            for task in status.tasks:
+                print(f"  task {task.task_id}: {task.state} on {task.worker_id}")
+                if task.trace:
+                    print("    " + task.trace.strip().splitlines()[0])
+        return EXIT_OK if healthy else EXIT_SERVICE
+    restarted = 0
+    for connector in wanted:
+        status = client.status(connector.name)
+        if status.failed_tasks or status.state == "FAILED":
+            client.restart(connector.name, only_failed=True, include_tasks=True)
+            restarted += 1
+            print(f"{connector.name}: restarted {len(status.failed_tasks)} failed task(s)")
+    if not restarted:
+        print("no failed connector or task")
+    return EXIT_OK

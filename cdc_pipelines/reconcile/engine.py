@@ -1,0 +1,311 @@
+"""Reconciliation of one table: target index → per-slice diff → verification → report → repair.
+
+The steps are separate so the Dagster layer can run them as assets (the target
+index once, the slices as partitions in parallel) and the CLI can run them in one
+go. Data flows one way: readers → canonical Arrow → diff → verify → repair.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from cdc_pipelines.config import PipelineConfig, TableSpec
+from cdc_pipelines.reconcile.canonical import CanonicalSchema
+from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
+from cdc_pipelines.settings import ConnectionSettings
+
+DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
+SLICE_RESULT_SUFFIX = ".result.json"
+KIND_COLUMN = "kind"
+
+Progress = Callable[[str, int], None]
+
+
+def canonical_schema(config: PipelineConfig, table: TableSpec) -> CanonicalSchema:
+    return CanonicalSchema.from_table(
+        table,
+        version_column=config.defaults.version_column,
+        tolerances=config.tolerances_for(table),
+        user_types=config.user_types,
+    )
+
+
+def table_scratch(scratch: Path, table: TableSpec) -> Path:
+    """The table's directory under the scratch root (target index, slice results, reports)."""
+    return scratch / f"{table.keyspace}.{table.table}"
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    """The diff of one slice, before verification."""
+
+    table: str
+    slice_id: str
+    source_rows: int
+    target_rows: int
+    missing: int
+    extra: int
+    mismatched: int
+    duration_s: float
+    candidates_path: str
+
+    @property
+    def discrepancies(self) -> int:
+        return self.missing + self.extra + self.mismatched
+
+    def write(self, directory: Path) -> Path:
+        path = directory / f"slice={self.slice_id}{SLICE_RESULT_SUFFIX}"
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+
+@dataclass
+class ReconcileReport:
+    """The JSON report of one table's reconciliation."""
+
+    table: str
+    source_rows: int = 0
+    target_rows: int = 0
+    missing: int = 0
+    extra: int = 0
+    mismatched: int = 0
+    in_flight: int = 0
+    resolved: int = 0
+    repaired: dict[str, int] = field(default_factory=lambda: {"upserted": 0, "deleted": 0})
+    duration_s: float = 0.0
+    discrepancies_path: str | None = None
+    dry_run_sql_path: str | None = None
+    slices: list[dict[str, object]] = field(default_factory=list)
+    verification: str = "not run"
+
+    @property
+    def confirmed(self) -> int:
+        return self.missing + self.extra + self.mismatched
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "confirmed": self.confirmed}, indent=2, default=str)
+
+
+def diff_candidates(result: DiffResult, schema: CanonicalSchema) -> pa.Table:
+    """All discrepancy candidates of a slice in one table: keys, kind and the differing columns."""
+    key_names = [c.name for c in schema.key_columns]
+    parts = []
+    for kind, table in (("missing", result.missing), ("extra", result.extra)):
+        keys = table.select(key_names)
+        parts.append(
+            keys.append_column(
+                KIND_COLUMN, pa.array([kind] * keys.num_rows, pa.string())
+            ).append_column(
+                "differing_columns", pa.array([[]] * keys.num_rows, pa.list_(pa.string()))
+            )
+        )
+    mismatched = result.mismatched
+    keys = mismatched.select(key_names)
+    differing = (
+        mismatched.column("differing_columns").cast(pa.list_(pa.string()))
+        if "differing_columns" in mismatched.column_names
+        else pa.array([[]] * keys.num_rows, pa.list_(pa.string()))
+    )
+    parts.append(
+        keys.append_column(
+            KIND_COLUMN, pa.array(["mismatched"] * keys.num_rows, pa.string())
+        ).append_column("differing_columns", differing)
+    )
+    return pa.concat_tables(parts)
+
+
+def write_candidates(path: Path, candidates: pa.Table) -> None:
+    with ipc.new_file(str(path), candidates.schema) as writer:
+        writer.write_table(candidates)
+
+
+def read_candidates(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as source:
+        return ipc.open_file(source).read_all()
+
+
+def reconcile_slice(
+    config: PipelineConfig,
+    table: TableSpec,
+    slice_key: str,
+    settings: ConnectionSettings,
+    scratch: Path,
+    on_rows: Callable[[int], None] | None = None,
+) -> SliceOutcome:
+    """Read the slice from the source, diff it against the target index, store the candidates."""
+    from cdc_pipelines.postgres.target_index import read_slice_index
+    from cdc_pipelines.scylla.reader import read_slice
+    from cdc_pipelines.scylla.session import cql_session
+    from cdc_pipelines.scylla.slices import slice_by_id
+
+    started = time.monotonic()
+    schema = canonical_schema(config, table)
+    directory = table_scratch(scratch, table)
+    index_dir = directory / "target_index"
+    count = config.slices_for(table)
+    token_slice = slice_by_id(slice_key, count)
+    with cql_session(settings, config.scylla) as session:
+        source = read_slice(
+            session,
+            table,
+            schema,
+            token_slice,
+            concurrency=config.scylla.concurrency,
+            fetch_size=config.scylla.fetch_size,
+            on_rows=on_rows,
+        )
+    target = read_slice_index(index_dir, slice_key, schema)
+    result = diff_slice(source, target, schema, config.tolerances_for(table))
+    candidates = diff_candidates(result, schema)
+    results_dir = directory / "slices"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    candidates_path = results_dir / f"slice={slice_key}.candidates.arrow"
+    write_candidates(candidates_path, candidates)
+    outcome = SliceOutcome(
+        table=table.source,
+        slice_id=slice_key,
+        source_rows=result.source_rows,
+        target_rows=result.target_rows,
+        missing=result.missing_count,
+        extra=result.extra_count,
+        mismatched=result.mismatched_count,
+        duration_s=round(time.monotonic() - started, 3),
+        candidates_path=str(candidates_path),
+    )
+    outcome.write(results_dir)
+    return outcome
+
+
+def build_index(
+    config: PipelineConfig,
+    table: TableSpec,
+    settings: ConnectionSettings,
+    scratch: Path,
+    on_rows: Callable[[int], None] | None = None,
+) -> object:
+    """The target index of the table under the scratch directory (see ``postgres.target_index``)."""
+    from cdc_pipelines.postgres.target_index import build_target_index
+
+    schema = canonical_schema(config, table)
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        return build_target_index(
+            conn,
+            table,
+            schema,
+            config.slices_for(table),
+            table_scratch(scratch, table) / "target_index",
+            on_rows=on_rows,
+        )
+
+
+def write_discrepancies(path: Path, tables: list[pa.Table]) -> Path:
+    """Every confirmed discrepancy in one Parquet file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tables:
+        pq.write_table(pa.concat_tables(tables, promote_options="default"), path)
+    return path
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """How to run one table's reconciliation from the CLI."""
+
+    scratch: Path = DEFAULT_SCRATCH_DIR
+    repair: bool = False
+    workers: int = 2
+    settle_seconds: float = 5.0
+    verify_timeout_s: float = 120.0
+
+
+class _Progress:
+    """What the engine reports while it runs (see ``reconcile.progress.SliceProgress``)."""
+
+    def phase(self, text: str) -> None: ...
+    def add_rows(self, count: int) -> None: ...
+    def slice_done(self, slice_id: str, discrepancies: int, rows: int) -> None: ...
+
+
+def _reconcile_slice_in_worker(
+    config_json: str, source: str, slice_key: str, settings: ConnectionSettings, scratch: str
+) -> SliceOutcome:
+    # Worker processes get the declaration as JSON: pydantic models pickle, but a
+    # plain document keeps the worker independent of the parent's state.
+    config = PipelineConfig.model_validate_json(config_json)
+    return reconcile_slice(config, config.table(source), slice_key, settings, Path(scratch))
+
+
+def diff_all_slices(
+    config: PipelineConfig,
+    table: TableSpec,
+    settings: ConnectionSettings,
+    options: ReconcileOptions,
+    progress: _Progress,
+) -> list[SliceOutcome]:
+    """Diff every slice, ``options.workers`` processes at a time (the CQL driver is CPU-bound)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from cdc_pipelines.scylla.slices import slice_ids
+
+    keys = slice_ids(config.slices_for(table))
+    outcomes: list[SliceOutcome] = []
+    if options.workers <= 1:
+        for key in keys:
+            outcome = reconcile_slice(config, table, key, settings, options.scratch)
+            outcomes.append(outcome)
+            progress.add_rows(outcome.source_rows)
+            progress.slice_done(key, outcome.discrepancies, outcome.source_rows)
+        return outcomes
+    config_json = config.model_dump_json()
+    with ProcessPoolExecutor(max_workers=options.workers) as pool:
+        futures = [
+            pool.submit(
+                _reconcile_slice_in_worker,
+                config_json,
+                table.source,
+                key,
+                settings,
+                str(options.scratch),
+            )
+            for key in keys
+        ]
+        for future in as_completed(futures):
+            outcome = future.result()
+            outcomes.append(outcome)
+            progress.add_rows(outcome.source_rows)
+            progress.slice_done(outcome.slice_id, outcome.discrepancies, outcome.source_rows)
+    return sorted(outcomes, key=lambda o: o.slice_id)
+
+
+def run_reconciliation(
+    config: PipelineConfig,
+    table: TableSpec,
+    settings: ConnectionSettings,
+    options: ReconcileOptions,
+    progress: _Progress | None = None,
+) -> ReconcileReport:
+    """Index the target, diff every slice, verify the candidates, report, and repair on request."""
+    progress = progress or _Progress()
+    started = time.monotonic()
+    progress.phase(f"{table.target}: building the target index")
+    build_index(config, table, settings, options.scratch)
+    progress.phase(f"{table.source}: diffing {config.slices_for(table)} token slices")
+    outcomes = diff_all_slices(config, table, settings, options, progress)
+    report = ReconcileReport(table=table.source)
+    for outcome in outcomes:
+        report.source_rows += outcome.source_rows
+        report.target_rows += outcome.target_rows
+        report.missing += outcome.missing
+        report.extra += outcome.extra
+        report.mismatched += outcome.mismatched
+        report.slices.append(asdict(outcome))
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report
