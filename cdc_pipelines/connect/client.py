@@ -167,14 +167,16 @@ class ConnectClient:
     def plugins(self) -> list[str]:
         return [p["class"] for p in self._request("GET", "/connector-plugins").json()]
 
-    def validate(self, config: Mapping[str, str]) -> list[ConfigProblem]:
-        """Problems the plugin reports for ``config`` (empty when valid)."""
+    def validate(self, config: Mapping[str, str], name: str = "validation") -> list[ConfigProblem]:
+        """Problems the plugin reports for ``config`` as connector ``name`` (empty when valid)."""
         connector_class = config.get("connector.class")
         if not connector_class:
             return [ConfigProblem("connector.class", ("missing",))]
         plugin = connector_class.rsplit(".", 1)[-1]
         body = self._request(
-            "PUT", f"/connector-plugins/{quote(plugin, safe='')}/config/validate", json=dict(config)
+            "PUT",
+            f"/connector-plugins/{quote(plugin, safe='')}/config/validate",
+            json={**config, "name": name},
         ).json()
         problems = []
         for item in body.get("configs", []):
@@ -208,7 +210,7 @@ class ConnectClient:
         if validate:
             report = []
             for definition, _ in to_apply:
-                for problem in self.validate(definition.config):
+                for problem in self.validate(definition.config, definition.name):
                     report.append(
                         f"  {definition.name}: {problem.key}: {'; '.join(problem.errors)}"
                     )

@@ -82,7 +82,8 @@ SOURCE_OPTIONS: Mapping[str, str] = MappingProxyType(
         "cdc.output.format": "advanced",
         "cdc.include.before": "none",
         "cdc.include.after": "full",
-        "cdc.include.primary-key.placement": "kafka-key,payload-after",
+        # payload-before: a delete's ``before`` then carries the key the sink deletes by.
+        "cdc.include.primary-key.placement": "kafka-key,payload-after,payload-before",
         "errors.tolerance": "none",
         "errors.log.enable": "true",
         "errors.log.include.messages": "false",

@@ -4,7 +4,9 @@ The devstack's Cassandra has no Scylla CDC log, so tests and the demo produce wh
 the connector would (advanced output format, ``cdc.include.after=full``, primary
 key in the Kafka key and in the row images, JsonConverter with schemas):
 
-* key: a struct of the primary key (partition key columns, then clustering);
+* key: a struct of the primary key (partition key columns, then clustering),
+  also placed in the row images (``cdc.include.primary-key.placement`` =
+  ``kafka-key,payload-after,payload-before``, the connector's default);
 * value: the Debezium envelope ``{source, before, after, op, ts_ms, transaction,
   ts_us, ts_ns}``; ``source`` carries ``ts_ms``/``ts_us`` of the write, ``db``,
   ``keyspace_name``, ``table_name``; values are plain (not cell-wrapped).
@@ -137,8 +139,11 @@ class ScyllaCdcEnvelope:
         return self._message(row, op, before=None, after=after, write_time_us=write_time_us)
 
     def delete(self, key: Mapping[str, object], write_time_us: int) -> CdcMessage:
-        """A row DELETE: key only, no post-image (the connector sends no image for deletes)."""
-        return self._message(key, "d", before=None, after=None, write_time_us=write_time_us)
+        """A row DELETE: no post-image; ``before`` carries the primary key (placement
+        ``payload-before``) with every other column null, as without pre-images."""
+        before = {name: None for name in self._row_columns}
+        before.update({name: self.payload_value(name, key.get(name)) for name in self._key_columns})
+        return self._message(key, "d", before=before, after=None, write_time_us=write_time_us)
 
     def _message(
         self,
