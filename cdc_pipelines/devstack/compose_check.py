@@ -98,7 +98,7 @@ def default_venv() -> Path:
 
 def install_command() -> str:
     """The command that provisions the validator, for error messages and docs."""
-    return f"{Path(sys.executable).name} -m cdc_pipelines.devstack.compose_check --install-only"
+    return f"{sys.executable} -m cdc_pipelines.devstack.compose_check --install-only"
 
 
 def _fingerprint() -> str:
@@ -204,6 +204,21 @@ def _run(command: Sequence[str], env: Mapping[str, str], what: str) -> str:
     return result.stdout
 
 
+def _reports_version(executable: Path) -> bool:
+    """Whether the executable still runs (a virtualenv breaks when its base Python goes away)."""
+    try:
+        result = subprocess.run(
+            [str(executable), "version", "--short"],
+            capture_output=True,
+            text=True,
+            timeout=CONFIG_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and result.stdout.strip() == COMPOSE_VERSION
+
+
 def install_validator(
     venv: Path | None = None, python: str | None = None, log: Log = print
 ) -> ComposeValidator:
@@ -214,7 +229,7 @@ def install_validator(
     """
     venv = default_venv() if venv is None else venv
     existing = find_validator(venv)
-    if existing is not None:
+    if existing is not None and _reports_version(existing.executable):
         log(f"compose-check: docker-compose {COMPOSE_VERSION} already installed at {venv}")
         return existing
     if venv.exists():

@@ -111,7 +111,8 @@ def read_ranges(
 def _rows_of(results: Iterable[object], table: TableSpec) -> Iterable[Sequence[object]]:
     try:
         for outcome in results:
-            success, rows = outcome  # type: ignore[misc]
+            success: bool = outcome[0]  # type: ignore[index]
+            rows: Iterable[Sequence[object]] = outcome[1]  # type: ignore[index]
             if not success:
                 raise ServiceError(f"{table.source}: a token-range scan failed: {rows}")
             yield from rows

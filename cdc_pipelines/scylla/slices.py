@@ -6,6 +6,7 @@ A slice is the unit of one reconciliation partition (ids ``00``…``NN``); range
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,7 +81,9 @@ class TokenRange:
             if position == len(pieces) - 1:
                 share = remaining_parts
             else:
-                share = max(1, min(remaining_parts - 1, round(parts * (piece.end - piece.start) / total)))
+                share = max(
+                    1, min(remaining_parts - 1, round(parts * (piece.end - piece.start) / total))
+                )
             remaining_parts -= share
             result.extend(_split_plain(piece, share))
         return tuple(result)
@@ -90,7 +93,7 @@ def _split_plain(piece: TokenRange, parts: int) -> list[TokenRange]:
     width = piece.end - piece.start
     parts = min(parts, width)
     bounds = [piece.start + (width * i) // parts for i in range(parts)] + [piece.end]
-    return [TokenRange(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    return [TokenRange(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def wait_for(dsn: str, schema: str, predicate, client: ConnectClient, sink_name:
 def test_inserts_updates_and_deletes_of_every_type_land_exactly(
     pipeline, postgres_dsn, unique_name
 ):
-    config, table, client, sink, source = pipeline
+    _config, _table, client, sink, source = pipeline
     changes = client.apply([sink])
     assert [c.kind for c in changes] == ["create"]
     assert client.apply([sink])[0].kind == "unchanged"
