@@ -228,11 +228,18 @@ class ConnectClient:
         return changes
 
     def status(self, name: str) -> ConnectorStatus:
+        status = self.status_if_exists(name)
+        if status is None:
+            raise ConnectError(
+                f"connector {name!r} does not exist in {self.base_url}; "
+                "run 'cdc-pipelines connectors apply'"
+            )
+        return status
+
+    def status_if_exists(self, name: str) -> ConnectorStatus | None:
         body = self._request("GET", f"/connectors/{_n(name)}/status", expect=(200, 404))
         if body.status_code == 404:
-            raise ConnectError(
-                f"connector {name!r} does not exist in {self.base_url}; run 'cdc-pipelines connectors apply'"
-            )
+            return None
         data = body.json()
         tasks = tuple(
             TaskStatus(t["id"], t["state"], t.get("worker_id", ""), t.get("trace"))
@@ -273,19 +280,24 @@ class ConnectClient:
     def wait_for_state(self, name: str, state: str, timeout_s: float = 60.0) -> ConnectorStatus:
         """Poll until the connector and all its tasks report ``state``."""
         deadline = time.monotonic() + timeout_s
-        status = self.status(name)
+        status = self.status_if_exists(name)
         while time.monotonic() < deadline:
             if (
-                status.state == state
+                status is not None
+                and status.state == state
                 and status.tasks
                 and all(t.state == state for t in status.tasks)
             ):
                 return status
             time.sleep(0.5)
-            status = self.status(name)
+            status = self.status_if_exists(name)
+        seen = (
+            f"connector {status.state}, tasks {[t.state for t in status.tasks]}"
+            if status
+            else "connector not created"
+        )
         raise ConnectError(
-            f"connector {name!r} did not reach {state} within {timeout_s:.0f}s "
-            f"(connector {status.state}, tasks {[t.state for t in status.tasks]})"
+            f"connector {name!r} did not reach {state} within {timeout_s:.0f}s ({seen})"
         )
 
 

@@ -89,6 +89,8 @@ SOURCE_OPTIONS: Mapping[str, str] = MappingProxyType(
         "errors.log.include.messages": "false",
     }
 )
+# Room for a whole batch of schema-carrying JSON records in one fetch.
+SINK_FETCH_BYTES = 32 * 1024 * 1024
 SINK_OPTIONS: Mapping[str, str] = MappingProxyType(
     {
         "insert.mode": "upsert",
@@ -96,7 +98,9 @@ SINK_OPTIONS: Mapping[str, str] = MappingProxyType(
         "delete.enabled": "true",
         "quote.identifiers": "true",
         "schema.evolution": "none",
-        "use.reduction.buffer": "true",
+        # Off: measured 6.9k → 8.5k events/s with distinct keys on the devstack; the
+        # buffer only pays when one batch holds many changes of the same row.
+        "use.reduction.buffer": "false",
         "database.time_zone": SINK_TIME_ZONE,
         "errors.tolerance": "all",
         "errors.log.enable": "true",
@@ -189,6 +193,11 @@ def sink_connector_config(config: PipelineConfig, table: TableSpec) -> Connector
         "connection.password": secret_reference(secrets, secrets.postgres_password_key),
         "collection.name.format": f"{table.target_schema}.{table.target_table}",
         "batch.size": str(settings.sink_batch_size),
+        # The consumer hands the sink at most max.poll.records (500 by default) per put,
+        # which would cap every JDBC batch at 500 rows whatever batch.size says.
+        "consumer.override.max.poll.records": str(settings.sink_batch_size),
+        "consumer.override.max.partition.fetch.bytes": str(SINK_FETCH_BYTES),
+        "consumer.override.fetch.max.bytes": str(SINK_FETCH_BYTES),
         "errors.deadletterqueue.topic.name": config.dlq_topic_for(table),
         "errors.deadletterqueue.topic.replication.factor": str(settings.dlq_replication_factor),
         **_json_converters(),

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
 from confluent_kafka import KafkaException, Producer
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
@@ -23,6 +24,7 @@ from cdc_pipelines.scylla.cdc_envelope import ScyllaCdcEnvelope
 from cdc_pipelines.scylla.session import quote_cql
 
 FLUSH_TIMEOUT_S = 60.0
+WRITE_CONCURRENCY = 64
 PRODUCER_SETTINGS = {"linger.ms": 20, "compression.type": "lz4", "enable.idempotence": True}
 
 
@@ -70,14 +72,26 @@ class EmulatedCdcSource:
     ) -> int:
         """Write full rows; each gets the write time (default: now, increasing per row)."""
         stamp = write_time_us or now_us()
-        for offset, row in enumerate(rows):
-            ts = stamp + offset
-            values = [self.driver_value(self._types[n], row.get(n)) for n in self._names]
-            self.session.execute(self._insert, (*values, ts))
-            if not silent:
-                message = self.envelope.upsert(row, ts, op="u" if op == "u" else "c")
+        parameters = [
+            (*(self.driver_value(self._types[n], row.get(n)) for n in self._names), stamp + offset)
+            for offset, row in enumerate(rows)
+        ]
+        self._execute_all(self._insert, parameters)
+        if not silent:
+            for offset, row in enumerate(rows):
+                message = self.envelope.upsert(row, stamp + offset, op="u" if op == "u" else "c")
                 self._produce(message.key, message.value)
         return stamp + len(rows)
+
+    def _execute_all(self, statement: Any, parameters: Sequence[tuple[object, ...]]) -> None:
+        results = execute_concurrent_with_args(
+            self.session, statement, parameters, concurrency=WRITE_CONCURRENCY
+        )
+        failures = [str(result) for ok, result in results if not ok]
+        if failures:
+            raise ServiceError(
+                f"{self.table.source}: {len(failures)} write(s) failed, first: {failures[0]}"
+            )
 
     def delete(
         self,
@@ -87,12 +101,17 @@ class EmulatedCdcSource:
         silent: bool = False,
     ) -> None:
         stamp = write_time_us or now_us()
-        for offset, key in enumerate(keys):
-            ts = stamp + offset
-            values = [self.driver_value(self._types[k], key[k]) for k in self.table.primary_key]
-            self.session.execute(self._delete, (ts, *values))
-            if not silent:
-                message = self.envelope.delete(key, ts)
+        parameters = [
+            (
+                stamp + offset,
+                *(self.driver_value(self._types[k], key[k]) for k in self.table.primary_key),
+            )
+            for offset, key in enumerate(keys)
+        ]
+        self._execute_all(self._delete, parameters)
+        if not silent:
+            for offset, key in enumerate(keys):
+                message = self.envelope.delete(key, stamp + offset)
                 self._produce(message.key, message.value)
 
     def publish_raw(self, key: bytes | None, value: bytes | None) -> None:
