@@ -24,7 +24,13 @@ from psycopg import sql
 
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError, ServiceError
-from cdc_pipelines.reconcile.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_postgres_text
+from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.reconcile.canonical import (
+    POSTGRES_SESSION_SETTINGS,
+    ROW_HASH_COLUMN,
+    CanonicalSchema,
+    from_postgres_text,
+)
 from cdc_pipelines.reconcile.rowhash import with_row_hash
 from cdc_pipelines.scylla.slices import slice_id, slice_indices
 from cdc_pipelines.scylla.tokens import partition_tokens
@@ -32,13 +38,6 @@ from cdc_pipelines.scylla.tokens import partition_tokens
 TOKEN_COLUMN = "_token"
 CSV_BLOCK_SIZE = 8 << 20
 MANIFEST = "manifest.json"
-SESSION_SETTINGS = (
-    "SET TIME ZONE 'UTC'",
-    "SET bytea_output = 'hex'",
-    "SET extra_float_digits = 3",
-    "SET IntervalStyle = 'iso_8601'",
-    "SET DateStyle = 'ISO, YMD'",
-)
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,16 @@ class _CopyStream(io.RawIOBase):
         return size
 
 
+def _selected(table: TableSpec, name: str) -> sql.Composable:
+    """A column as the canonical reader expects it: arrays as JSON text, the rest as stored."""
+    declared = {c.name for c in table.columns}
+    if name in declared and column_pg_type(table, table.column(name)).sql.endswith("[]"):
+        return sql.SQL("to_json({})").format(sql.Identifier(name))
+    return sql.Identifier(name)
+
+
 def copy_query(table: TableSpec, schema: CanonicalSchema) -> sql.Composed:
-    columns = sql.SQL(", ").join(sql.Identifier(name) for name in schema.column_names)
+    columns = sql.SQL(", ").join(_selected(table, name) for name in schema.column_names)
     return sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT CSV)").format(
         columns, sql.Identifier(table.target_schema), sql.Identifier(table.target_table)
     )
@@ -127,8 +134,8 @@ def build_target_index(
     names = list(schema.column_names)
     try:
         with conn.cursor() as cursor:
-            for statement in SESSION_SETTINGS:
-                cursor.execute(statement)
+            for setting, value in POSTGRES_SESSION_SETTINGS.items():
+                cursor.execute("SELECT set_config(%s, %s, false)", (setting, value))
             with cursor.copy(copy_query(table, schema)) as copy:
                 stream = io.BufferedReader(_CopyStream(iter(copy)), buffer_size=CSV_BLOCK_SIZE)
                 reader = pa_csv.open_csv(

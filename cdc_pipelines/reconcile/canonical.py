@@ -592,6 +592,9 @@ def _map_key_text(element: JsonValue) -> str:
     return element if isinstance(element, str) else dumps_canonical(element)
 
 
+TUPLE_MEMBER_PREFIX = "tuple_member_"
+
+
 def _json_container(value: object, cql_type: CqlType, schema: CanonicalSchema) -> JsonValue:
     name = cql_type.name
     if isinstance(value, str):
@@ -614,7 +617,11 @@ def _json_container(value: object, cql_type: CqlType, schema: CanonicalSchema) -
         if isinstance(value, Mapping):
             pairs = value.items()
         elif isinstance(value, Iterable):
-            pairs = value
+            # The source connector's form, carried into jsonb by the sink: [{"key", "value"}].
+            pairs = [
+                (entry["key"], entry.get("value")) if isinstance(entry, Mapping) else entry
+                for entry in value
+            ]
         else:
             raise TypeError(f"{value!r} is not a map")
         result: dict[str, JsonValue] = {}
@@ -625,6 +632,9 @@ def _json_container(value: object, cql_type: CqlType, schema: CanonicalSchema) -
             result[key_text] = json_element(item, value_type, schema)
         return dict(sorted(result.items()))
     if name == "tuple":
+        if isinstance(value, Mapping):
+            # The source connector's form: {"tuple_member_0": …, "tuple_member_1": …}.
+            value = [value.get(f"{TUPLE_MEMBER_PREFIX}{i}") for i in range(len(cql_type.params))]
         items = list(value) if isinstance(value, Iterable) else None
         if items is None or len(items) > len(cql_type.params):
             raise TypeError(f"{value!r} is not a {cql_type}")
@@ -950,6 +960,9 @@ def _timestamp_from_text(values: pa.Array, column: CanonicalColumn) -> pa.Array:
 
 
 def _time_from_text(values: pa.Array, column: CanonicalColumn) -> pa.Array:
+    if pc.all(pc.match_substring_regex(values, r"^[0-9]+$")).as_py() is not False:
+        # A bigint column of nanoseconds since midnight (how the sink stores CQL time).
+        return values.cast(pa.int64()).cast(TIME_TYPE)
     try:
         moments = pc.binary_join_element_wise("1970-01-01T", values, "").cast(pa.timestamp("ns"))
     except pa.ArrowInvalid as exc:

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import psycopg
@@ -226,12 +227,23 @@ class ReconcileOptions:
     verify_timeout_s: float = 120.0
 
 
-class _Progress:
+class _Progress(Protocol):
     """What the engine reports while it runs (see ``reconcile.progress.SliceProgress``)."""
 
     def phase(self, text: str) -> None: ...
     def add_rows(self, count: int) -> None: ...
     def slice_done(self, slice_id: str, discrepancies: int, rows: int) -> None: ...
+
+
+class _Silent:
+    def phase(self, text: str) -> None:
+        return None
+
+    def add_rows(self, count: int) -> None:
+        return None
+
+    def slice_done(self, slice_id: str, discrepancies: int, rows: int) -> None:
+        return None
 
 
 def _reconcile_slice_in_worker(
@@ -293,7 +305,7 @@ def run_reconciliation(
     progress: _Progress | None = None,
 ) -> ReconcileReport:
     """Index the target, diff every slice, verify the candidates, report, and repair on request."""
-    progress = progress or _Progress()
+    progress = progress or _Silent()
     started = time.monotonic()
     progress.phase(f"{table.target}: building the target index")
     build_index(config, table, settings, options.scratch)

@@ -1,0 +1,133 @@
+"""Reconciliation of a real replicated table: streamed through Connect, drifted on purpose.
+
+The table has every CQL type, a composite partition key, a reserved-word clustering
+key and a mixed-case column. After the sink applies the stream, the diff must be
+empty; after injected drift it must report exactly that drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cdc_pipelines.connect.client import ConnectClient
+from cdc_pipelines.connect.configs import sink_connector_config
+from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
+from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation
+from cdc_pipelines.scylla.emulated_source import EmulatedCdcSource, now_us
+from cdc_pipelines.scylla.schema import create_source_tables
+from cdc_pipelines_tests.declarations import all_types_declaration
+from cdc_pipelines_tests.e2e.test_streaming_path import row
+
+ROWS = 300
+APPLY_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def replicated(cql_session, postgres_dsn, connect_url, kafka_bootstrap, unique_name, settings):
+    config = all_types_declaration(unique_name, slices=4)
+    table = config.tables[0]
+    create_source_tables(cql_session, config)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        apply_ddl(conn, plan_ddl(conn, table, config.defaults.version_column))
+    client = ConnectClient(connect_url)
+    sink = sink_connector_config(config, table)
+    client.apply([sink])
+    source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
+    rows = [
+        row(i, region=("eu-west", "us-east", "ap-south")[i % 3], c_float=i / 8, c_double=i / 3)
+        for i in range(ROWS)
+    ]
+    source.upsert(rows, now_us())
+    source.flush()
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    target = sql.SQL("SELECT count(*) FROM {}.all_types").format(sql.Identifier(unique_name))
+    count = 0
+    while count < ROWS and time.monotonic() < deadline:
+        with psycopg.connect(postgres_dsn) as conn:
+            count = conn.execute(target).fetchone()[0]
+        time.sleep(0.5)
+    assert count == ROWS, f"the sink applied {count} of {ROWS} rows"
+    client.delete(sink.name)  # drift from here on is the test's own, not the stream's
+    yield config, table, source, rows
+    cql_session.execute(f'DROP KEYSPACE IF EXISTS "{unique_name}"')
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unique_name))
+        )
+
+
+def options(tmp_path: Path) -> ReconcileOptions:
+    return ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0)
+
+
+def test_a_faithful_replica_reconciles_clean(replicated, settings, tmp_path):
+    config, table, _, _ = replicated
+    report = run_reconciliation(config, table, settings, options(tmp_path))
+    assert (report.source_rows, report.target_rows) == (ROWS, ROWS)
+    assert (report.missing, report.extra, report.mismatched) == (0, 0, 0), report.slices
+
+
+def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, postgres_dsn):
+    config, table, source, rows = replicated
+    schema = sql.Identifier(table.target_schema)
+
+    def key_filter(r: dict[str, object]) -> sql.Composed:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(r[k]))
+            for k in table.primary_key
+        )
+
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        for r in rows[:3]:  # missing in the target
+            conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE ").format(schema) + key_filter(r))
+        changes = {
+            # column, new target value (as SQL literal), counted as a mismatch?
+            10: ("c_text", sql.Literal(None), True),  # NULL vs empty string
+            11: ("c_float", sql.Literal(11 / 8 + 0.00001), False),  # within float_abs 0.0001
+            12: ("c_float", sql.Literal(12 / 8 + 0.5), True),  # beyond the tolerance
+            13: (
+                "c_timestamp",
+                sql.Literal(dt.datetime(2024, 2, 29, 23, 59, 59, 123400, tzinfo=dt.UTC)),
+                False,
+            ),  # below ms
+            14: (
+                "c_timestamp",
+                sql.Literal(dt.datetime(2024, 2, 29, 23, 59, 59, 125000, tzinfo=dt.UTC)),
+                True,
+            ),  # above ms
+            15: ("c_decimal", sql.Literal(Decimal("12345678901234567890.000124")), True),
+            16: ("Mixed Case", sql.Literal("changed"), True),
+        }
+        for index, (column, value, _) in changes.items():
+            conn.execute(
+                sql.SQL("UPDATE {}.all_types SET {} = ").format(schema, sql.Identifier(column))
+                + value
+                + sql.SQL(" WHERE ")
+                + key_filter(rows[index])
+            )
+    # Extra rows: in the target only (the source never had them; written silently there).
+    extra = [row(ROWS + i, region="eu-west") for i in range(2)]
+    source.upsert(extra, now_us(), silent=True)
+    source.delete([{k: r[k] for k in table.primary_key} for r in extra], now_us() + 10, silent=True)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        for r in extra:
+            conn.execute(
+                sql.SQL(
+                    'INSERT INTO {}.all_types (id, region, "order", _cdc_version_us) '
+                    "VALUES (%s, %s, %s, 1)"
+                ).format(schema),
+                (r["id"], r["region"], r["order"]),
+            )
+
+    report = run_reconciliation(config, table, settings, options(tmp_path))
+    expected_mismatches = sum(1 for *_, counted in changes.values() if counted)
+    assert report.source_rows == ROWS
+    assert report.target_rows == ROWS - 3 + 2
+    assert (report.missing, report.extra, report.mismatched) == (3, 2, expected_mismatches)
