@@ -11,8 +11,8 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 import pyarrow as pa
