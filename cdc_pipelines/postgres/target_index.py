@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pyarrow as pa
@@ -105,6 +110,42 @@ def _selected(table: TableSpec, name: str) -> sql.Composable:
     return sql.Identifier(name)
 
 
+@contextmanager
+def _copy_output(
+    conn: psycopg.Connection, query: sql.Composed, dsn: str | None
+) -> Iterator[IO[bytes]]:
+    """The CSV bytes of ``query`` as a readable stream (psql when it can, else psycopg)."""
+    psql = shutil.which("psql")
+    if dsn and psql:
+        options = " ".join(
+            f"-c {k}={v.replace(' ', '')}" for k, v in POSTGRES_SESSION_SETTINGS.items()
+        )
+        env = {**os.environ, "PGOPTIONS": options}
+        process = subprocess.Popen(
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn, "-c", query.as_string(conn)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert process.stdout is not None
+        try:
+            yield process.stdout
+        finally:
+            process.stdout.close()
+            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            if process.wait() != 0:
+                raise ServiceError(
+                    f"psql COPY failed ({process.returncode}): {stderr.strip()[:500]}; check that "
+                    "the target table exists (cdc-pipelines ddl apply) and CDC_POSTGRES_DSN"
+                )
+        return
+    with conn.cursor() as cursor:
+        for setting, value in POSTGRES_SESSION_SETTINGS.items():
+            cursor.execute("SELECT set_config(%s, %s, false)", (setting, value))
+        with cursor.copy(query) as copy:
+            yield io.BufferedReader(_CopyStream(iter(copy)), buffer_size=CSV_BLOCK_SIZE)
+
+
 def copy_query(table: TableSpec, schema: CanonicalSchema) -> sql.Composed:
     columns = sql.SQL(", ").join(_selected(table, name) for name in schema.column_names)
     return sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT CSV)").format(
@@ -119,8 +160,14 @@ def build_target_index(
     slice_count: int,
     directory: Path,
     on_rows: Callable[[int], None] | None = None,
+    dsn: str | None = None,
 ) -> TargetIndexManifest:
-    """Stream the target table into per-slice Arrow IPC files in ``directory`` (replaced)."""
+    """Stream the target table into per-slice Arrow IPC files in ``directory`` (replaced).
+
+    With ``dsn`` and ``psql`` on PATH the COPY runs in psql, whose output pyarrow's
+    CSV reader consumes in large blocks; through psycopg every row is one Python call
+    (PostgreSQL sends a CopyData message per row), which measured about 4× slower.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("slice=*.arrow"):
         old.unlink()
@@ -132,34 +179,31 @@ def build_target_index(
     key_columns = [(c.name, c.cql_type) for c in schema.partition_key]
     user_types = {name: fields for name, fields in schema.user_types}
     names = list(schema.column_names)
+    query = copy_query(table, schema)
     try:
-        with conn.cursor() as cursor:
-            for setting, value in POSTGRES_SESSION_SETTINGS.items():
-                cursor.execute("SELECT set_config(%s, %s, false)", (setting, value))
-            with cursor.copy(copy_query(table, schema)) as copy:
-                stream = io.BufferedReader(_CopyStream(iter(copy)), buffer_size=CSV_BLOCK_SIZE)
-                reader = pa_csv.open_csv(
-                    stream,
-                    read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_SIZE),
-                    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                    convert_options=pa_csv.ConvertOptions(
-                        column_types={n: pa.string() for n in names},
-                        strings_can_be_null=True,
-                        quoted_strings_can_be_null=False,
-                        null_values=[""],
-                    ),
+        with _copy_output(conn, query, dsn) as stream:
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_SIZE),
+                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={n: pa.string() for n in names},
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    null_values=[""],
+                ),
+            )
+            for batch in reader:
+                canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
+                hashed = with_row_hash(canonical, schema)
+                tokens = partition_tokens(hashed, key_columns, user_types)
+                indexed = hashed.append_column(TOKEN_COLUMN, tokens)
+                slices = slice_indices(tokens, slice_count)
+                _write_by_slice(
+                    indexed, slices, writers, directory, out_schema, slice_count, counts
                 )
-                for batch in reader:
-                    canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
-                    hashed = with_row_hash(canonical, schema)
-                    tokens = partition_tokens(hashed, key_columns, user_types)
-                    indexed = hashed.append_column(TOKEN_COLUMN, tokens)
-                    slices = slice_indices(tokens, slice_count)
-                    _write_by_slice(
-                        indexed, slices, writers, directory, out_schema, slice_count, counts
-                    )
-                    if on_rows:
-                        on_rows(indexed.num_rows)
+                if on_rows:
+                    on_rows(indexed.num_rows)
     except psycopg.Error as exc:
         raise ServiceError(
             f"reading {table.target} from PostgreSQL failed: {str(exc).strip()}; check that the "

@@ -205,6 +205,7 @@ def build_index(
             config.slices_for(table),
             table_scratch(scratch, table) / "target_index",
             on_rows=on_rows,
+            dsn=settings.postgres_dsn,
         )
 
 
@@ -321,3 +322,25 @@ def run_reconciliation(
         report.slices.append(asdict(outcome))
     report.duration_s = round(time.monotonic() - started, 3)
     return report
+
+
+def _scan_slice_rows(
+    config_json: str, source: str, slice_key: str, settings: ConnectionSettings
+) -> int:
+    """Rows of one slice as read by the source reader (the scan alone, for benchmarks)."""
+    from cdc_pipelines.scylla.reader import read_slice
+    from cdc_pipelines.scylla.session import cql_session
+    from cdc_pipelines.scylla.slices import slice_by_id
+
+    config = PipelineConfig.model_validate_json(config_json)
+    table = config.table(source)
+    with cql_session(settings, config.scylla) as session:
+        scanned = read_slice(
+            session,
+            table,
+            canonical_schema(config, table),
+            slice_by_id(slice_key, config.slices_for(table)),
+            concurrency=config.scylla.concurrency,
+            fetch_size=config.scylla.fetch_size,
+        )
+    return scanned.num_rows
