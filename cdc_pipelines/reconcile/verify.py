@@ -1,0 +1,480 @@
+"""Lag-aware verification: re-read every discrepancy on both sides and keep only the real ones.
+
+After the sink has caught up (:func:`cdc_pipelines.kafka.offsets.wait_until_caught_up`), each
+candidate key is re-read from the source (CQL, by primary key, with ``WRITETIME``) and the
+target (PostgreSQL, by primary key) and reclassified: still different → confirmed; equal or
+gone from both → resolved; written after the scan's cut-off on either side → in flight.
+
+Keys are tuples of primary-key values in ``TableSpec.primary_key`` order, as cassandra-driver
+takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` …).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
+from psycopg import sql
+
+from cdc_pipelines.config import ColumnSpec, TableSpec, Tolerances
+from cdc_pipelines.cqltypes import CqlType
+from cdc_pipelines.errors import ReconcileError, ServiceError
+from cdc_pipelines.kafka.offsets import CatchUp
+from cdc_pipelines.postgres.literals import register_copy_dumpers
+from cdc_pipelines.postgres.repair import ExtraRow, plan_repair, upsert_layout, written_columns
+from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.reconcile.canonical import (
+    POSTGRES_SESSION_SETTINGS,
+    CanonicalSchema,
+    from_postgres_text,
+    from_python_rows,
+)
+from cdc_pipelines.reconcile.compare import differing_columns
+from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
+from cdc_pipelines.scylla.session import quote_cql
+
+DEFAULT_CONCURRENCY = 32
+KEYS_TEMP_NAME = "cdc_verify_keys"
+POSITION_COLUMN = "_cdc_verify_position"
+TEXT_OID = 25
+BPCHAR_OID = 1042  # psycopg has no binary dumper for char(n); its binary form is text's
+
+Key = tuple[object, ...]
+
+
+class CandidateKind(StrEnum):
+    MISSING = "missing"  # in the source, not in the target
+    EXTRA = "extra"  # in the target, not in the source
+    MISMATCHED = "mismatched"  # in both, with different values
+
+
+class Verdict(StrEnum):
+    CONFIRMED = "confirmed"
+    RESOLVED = "resolved"
+    IN_FLIGHT = "in_flight"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A key the diff flagged, and how."""
+
+    key: Key
+    kind: CandidateKind
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """A source row re-read by key, in :func:`upsert_layout` order (version last, in µs).
+
+    Timestamps are aware (UTC); ready to hand to :func:`plan_repair` as an upsert.
+    """
+
+    values: tuple[object, ...]
+
+    @property
+    def version(self) -> int:
+        return int(self.values[-1])  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class TargetRow:
+    """A target row re-read by key: one row of the canonical table (exact, e.g. time in ns)."""
+
+    canonical: pa.Table
+
+    @property
+    def version(self) -> int | None:
+        version = self.canonical.column(self.canonical.num_columns - 1)[0].as_py()
+        return None if version is None else int(version)
+
+    @property
+    def values(self) -> tuple[object, ...]:
+        """The row as Python values, in ``CanonicalSchema.column_names`` order."""
+        return tuple(column[0].as_py() for column in self.canonical.columns)
+
+
+@dataclass(frozen=True)
+class ConfirmedDiscrepancy:
+    """A discrepancy that survived the re-read; ``kind`` is what it is now."""
+
+    key: Key
+    kind: CandidateKind
+    source: SourceRow | None
+    target_version: int | None
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """Candidates reclassified after the re-read."""
+
+    confirmed: tuple[ConfirmedDiscrepancy, ...]
+    resolved: tuple[Key, ...]
+    in_flight: tuple[Key, ...]
+    catch_up: CatchUp | None = None
+
+    @property
+    def confirmed_keys(self) -> tuple[Key, ...]:
+        return tuple(c.key for c in self.confirmed)
+
+    @property
+    def upsert_rows(self) -> tuple[tuple[object, ...], ...]:
+        """Fresh source rows of the confirmed missing and mismatched keys (for plan_repair)."""
+        return tuple(c.source.values for c in self.confirmed if c.source is not None)
+
+    @property
+    def delete_rows(self) -> tuple[ExtraRow, ...]:
+        """Confirmed extras with the target version seen now (for plan_repair)."""
+        return tuple(
+            ExtraRow(c.key, c.target_version)
+            for c in self.confirmed
+            if c.kind is CandidateKind.EXTRA
+        )
+
+
+SourceReader = Callable[[Sequence[Key]], Sequence[SourceRow | None]]
+TargetReader = Callable[[Sequence[Key]], Sequence[TargetRow | None]]
+
+
+# --------------------------------------------------------------------------- source reader
+
+
+def _aware(value: object, cql: CqlType) -> object:
+    """The driver's naive timestamps are UTC; repair requires them aware."""
+    if value is None:
+        return None
+    if cql.name == "timestamp" and isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    if cql.name in ("list", "set") and cql.params[0].name == "timestamp":
+        return [_aware(v, cql.params[0]) for v in value]  # type: ignore[attr-defined]
+    return value
+
+
+def _cql_key_value(value: object) -> object:
+    # The driver binds inet from text, not from ipaddress objects.
+    if type(value).__module__ == "ipaddress":
+        return str(value)
+    return value
+
+
+def _row_values(row: object) -> list[object]:
+    if isinstance(row, Mapping):
+        return list(row.values())
+    return list(row)  # type: ignore[call-overload]
+
+
+def read_source_rows(
+    session: Session,
+    table: TableSpec,
+    keys: Sequence[Key],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> list[SourceRow | None]:
+    """Re-read ``keys`` from the source, one by primary key each, concurrently.
+
+    Returns one entry per key (None: the row does not exist). The version is the largest
+    ``WRITETIME`` of the row's non-key single-cell columns (``NO_VERSION`` when none is set;
+    multi-cell collections and counters have no cell write time).
+    """
+    columns: list[ColumnSpec] = list(written_columns(table))
+    keys_set = set(table.primary_key)
+    stamped = [
+        c.name
+        for c in columns
+        if c.name not in keys_set
+        and has_cell_timestamp(c.cql_type)
+        and c.cql_type.name != "counter"
+    ]
+    selected = [quote_cql(c.name) for c in columns] + [
+        f"WRITETIME({quote_cql(n)})" for n in stamped
+    ]
+    where = " AND ".join(f"{quote_cql(n)} = ?" for n in table.primary_key)
+    # CQL has no composition library: every name is quoted by quote_cql, every value bound.
+    relation = f"{quote_cql(table.keyspace)}.{quote_cql(table.table)}"
+    cql = f"SELECT {', '.join(selected)} FROM {relation} WHERE {where}"  # noqa: S608
+    for key in keys:
+        if len(key) != len(table.primary_key) or any(v is None for v in key):
+            raise ReconcileError(
+                f"table {table.source}: key {key!r} does not give every primary-key column "
+                f"({', '.join(table.primary_key)})"
+            )
+    try:
+        statement = session.prepare(cql)
+        outcomes = execute_concurrent_with_args(
+            session,
+            statement,
+            [tuple(_cql_key_value(v) for v in key) for key in keys],
+            concurrency=concurrency,
+            raise_on_first_error=True,
+        )
+    except Exception as exc:  # the driver raises many unrelated types
+        raise ServiceError(
+            f"table {table.source}: re-reading {len(keys)} keys from the source failed "
+            f"({type(exc).__name__}: {exc}); check the CQL endpoint and the declaration"
+        ) from None
+    rows: list[SourceRow | None] = []
+    width = len(columns)
+    for outcome in outcomes:
+        found = list(outcome.result_or_exc)
+        if not found:
+            rows.append(None)
+            continue
+        values = _row_values(found[0])
+        stamps = [int(s) for s in values[width:] if s is not None]  # type: ignore[call-overload]
+        version = max(stamps) if stamps else NO_VERSION
+        data = [_aware(v, c.cql_type) for v, c in zip(values[:width], columns, strict=True)]
+        rows.append(SourceRow((*data, version)))
+    return rows
+
+
+# --------------------------------------------------------------------------- target reader
+
+
+def _position_column(table: TableSpec) -> str:
+    name = POSITION_COLUMN
+    while any(c.name == name for c in table.columns):
+        name = "_" + name
+    return name
+
+
+def _selected(table: TableSpec, alias: sql.Identifier, name: str) -> sql.Composable:
+    """A column as the canonical reader expects it (as the target index reads it): arrays as
+    JSON text, everything else as stored."""
+    column = sql.SQL("{}.{}").format(alias, sql.Identifier(name))
+    declared = {c.name for c in table.columns}
+    if name in declared and column_pg_type(table, table.column(name)).sql.endswith("[]"):
+        return sql.SQL("to_json({})").format(column)
+    return column
+
+
+def read_target_rows(
+    conn: psycopg.Connection[Any],
+    table: TableSpec,
+    keys: Sequence[Key],
+    *,
+    version_column: str,
+    user_types: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[TargetRow | None]:
+    """Re-read ``keys`` from the target in one statement; one entry per key (None: absent).
+
+    The keys go through a temp table by binary COPY (converted like repair converts them) and
+    the rows come back as ``COPY … (FORMAT CSV)`` parsed into the canonical form.
+    """
+    if not keys:
+        return []
+    first: dict[object, int] = {}
+    distinct = [first.setdefault(_identity(k), i) == i for i, k in enumerate(keys)]
+    unique_keys = [k for k, keep in zip(keys, distinct, strict=True) if keep]
+    checked = plan_repair(
+        table, version_column, [], [ExtraRow(k, None) for k in unique_keys], user_types=user_types
+    )
+    schema = CanonicalSchema.from_table(table, version_column=version_column, user_types=user_types)
+    position = _position_column(table)
+    key_names = sql.SQL(", ").join(sql.Identifier(n) for n in table.primary_key)
+    target = sql.Identifier(table.target_schema, table.target_table)
+    temp = sql.Identifier("pg_temp", KEYS_TEMP_NAME)
+    t, k = sql.Identifier("t"), sql.Identifier("k")
+    match = sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(t, sql.Identifier(n), k, sql.Identifier(n))
+        for n in table.primary_key
+    )
+    selected = sql.SQL(", ").join(_selected(table, t, n) for n in schema.column_names)
+    read = sql.SQL(
+        "COPY (SELECT {k}.{position}, {selected} FROM {temp} AS {k} JOIN {target} AS {t} "
+        "ON {match} ORDER BY 1) TO STDOUT (FORMAT CSV)"
+    ).format(
+        k=k,
+        position=sql.Identifier(position),
+        selected=selected,
+        temp=temp,
+        target=target,
+        t=t,
+        match=match,
+    )
+    try:
+        with conn.transaction(), conn.cursor() as cursor:
+            for name, value in POSTGRES_SESSION_SETTINGS.items():
+                cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
+            cursor.execute(
+                sql.SQL(
+                    "CREATE TEMP TABLE {} ON COMMIT DROP AS "
+                    "SELECT 0::bigint AS {}, {} FROM {} WITH NO DATA"
+                ).format(
+                    sql.Identifier(KEYS_TEMP_NAME), sql.Identifier(position), key_names, target
+                )
+            )
+            oids = [
+                TEXT_OID if oid == BPCHAR_OID else oid
+                for (oid,) in cursor.execute(
+                    "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END "
+                    "FROM pg_attribute AS a JOIN pg_type AS t ON t.oid = a.atttypid "
+                    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 ORDER BY a.attnum",
+                    (temp.as_string(conn),),
+                ).fetchall()
+            ]
+            register_copy_dumpers(cursor.adapters)
+            with cursor.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(temp)) as copy:
+                copy.set_types(oids)
+                for number, row in enumerate(checked.deletes):
+                    copy.write_row((number, *row[:-1]))
+            data = bytearray()
+            with cursor.copy(read) as copy:
+                for chunk in copy:
+                    data += chunk
+    except psycopg.Error as exc:
+        raise ServiceError(
+            f"table {table.target}: re-reading {len(keys)} keys from the target failed: {exc}"
+        ) from None
+    found = dict(_parse_target_csv(bytes(data), position, schema))
+    by_unique = [TargetRow(found[n]) if n in found else None for n in range(len(unique_keys))]
+    unique_number = {i: n for n, i in enumerate(i for i, keep in enumerate(distinct) if keep)}
+    return [by_unique[unique_number[first[_identity(k)]]] for k in keys]
+
+
+def _parse_target_csv(
+    data: bytes, position: str, schema: CanonicalSchema
+) -> list[tuple[int, pa.Table]]:
+    if not data:
+        return []
+    names = [position, *schema.column_names]
+    table = pa_csv.read_csv(
+        pa.BufferReader(data),
+        read_options=pa_csv.ReadOptions(column_names=names),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            null_values=[""],
+        ),
+    )
+    positions = [int(p) for p in table.column(position).to_pylist()]
+    canonical = from_postgres_text(table.drop_columns([position]), schema).combine_chunks()
+    return [(p, canonical.slice(i, 1)) for i, p in enumerate(positions)]
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _identity(key: Key) -> object:
+    # Keys may hold lists (frozen collections) or NaN; make them usable as dict keys.
+    def freeze(value: object) -> object:
+        if isinstance(value, list | tuple | set | frozenset):
+            return tuple(freeze(v) for v in value)
+        if isinstance(value, float) and math.isnan(value):
+            return ("NaN",)
+        if isinstance(value, dict):
+            return tuple(sorted((repr(k), freeze(v)) for k, v in value.items()))
+        return value
+
+    return freeze(key)
+
+
+def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
+    seen: dict[object, Candidate] = {}
+    for candidate in candidates:
+        seen.setdefault(_identity(candidate.key), candidate)
+    return list(seen.values())
+
+
+def _differs(
+    pairs: Sequence[tuple[SourceRow, TargetRow]],
+    table: TableSpec,
+    schema: CanonicalSchema,
+    tolerances: Tolerances,
+    version_column: str,
+) -> list[bool]:
+    """Whether each (source, target) pair differs in a compared column beyond tolerance."""
+    if not pairs:
+        return []
+    layout = upsert_layout(table, version_column)
+    picks = [layout.index(name) for name in schema.column_names]
+    source = pa.Table.from_batches(
+        [from_python_rows([tuple(s.values[i] for i in picks) for s, _ in pairs], schema)]
+    )
+    target = pa.concat_tables([t.canonical for _, t in pairs])
+    mask = differing_columns(source, target, schema.compared_columns, tolerances)
+    return [bool(row.any()) for row in mask]
+
+
+def verify_discrepancies(
+    table: TableSpec,
+    candidates: Iterable[Candidate],
+    *,
+    cutoff_us: int,
+    read_source: SourceReader,
+    read_target: TargetReader,
+    version_column: str,
+    tolerances: Tolerances | None = None,
+    user_types: Mapping[str, Mapping[str, str]] | None = None,
+    catch_up: CatchUp | None = None,
+) -> VerificationResult:
+    """Reclassify the diff's candidates from a fresh read of both sides.
+
+    ``cutoff_us`` is the scan's cut-off (µs since the epoch): a row whose source write time or
+    target version is later was written after the scan and is in flight, not a discrepancy.
+    ``read_source``/``read_target`` re-read a list of keys (see :func:`read_source_rows` and
+    :func:`read_target_rows`; bind them with ``functools.partial``). Pass the ``catch_up``
+    result to keep it with the verdicts.
+    """
+    unique = _unique(candidates)
+    keys = [c.key for c in unique]
+    sources = list(read_source(keys))
+    targets = list(read_target(keys))
+    if len(sources) != len(keys) or len(targets) != len(keys):
+        raise ReconcileError(
+            f"table {table.source}: a reader returned {len(sources)}/{len(targets)} rows for "
+            f"{len(keys)} keys; readers must return one entry (or None) per key"
+        )
+    schema = CanonicalSchema.from_table(
+        table, version_column=version_column, tolerances=tolerances, user_types=user_types
+    )
+    both = [
+        i
+        for i, (s, t) in enumerate(zip(sources, targets, strict=True))
+        if s is not None and t is not None
+    ]
+    differs = dict(
+        zip(
+            both,
+            _differs(
+                [(sources[i], targets[i]) for i in both],  # type: ignore[misc]
+                table,
+                schema,
+                tolerances or Tolerances(),
+                version_column,
+            ),
+            strict=True,
+        )
+    )
+    confirmed: list[ConfirmedDiscrepancy] = []
+    resolved: list[Key] = []
+    in_flight: list[Key] = []
+    for i, key in enumerate(keys):
+        source, target = sources[i], targets[i]
+        target_version = target.version if target is not None else None
+        if (source is not None and source.version > cutoff_us) or (
+            target_version is not None and target_version > cutoff_us
+        ):
+            in_flight.append(key)
+        elif source is None and target is None:
+            resolved.append(key)
+        elif source is None:
+            confirmed.append(ConfirmedDiscrepancy(key, CandidateKind.EXTRA, None, target_version))
+        elif target is None:
+            confirmed.append(ConfirmedDiscrepancy(key, CandidateKind.MISSING, source, None))
+        elif differs[i]:
+            confirmed.append(
+                ConfirmedDiscrepancy(key, CandidateKind.MISMATCHED, source, target_version)
+            )
+        else:
+            resolved.append(key)
+    return VerificationResult(tuple(confirmed), tuple(resolved), tuple(in_flight), catch_up)
