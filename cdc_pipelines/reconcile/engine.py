@@ -20,8 +20,11 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
+from cdc_pipelines.postgres.repair import apply_repair, new_run_id, plan_repair
 from cdc_pipelines.reconcile.canonical import CanonicalSchema
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
+from cdc_pipelines.reconcile.keys import driver_keys
+from cdc_pipelines.reconcile.verify import VerificationResult
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
@@ -87,6 +90,8 @@ class ReconcileReport:
     dry_run_sql_path: str | None = None
     slices: list[dict[str, object]] = field(default_factory=list)
     verification: str = "not run"
+    skipped_newer: int = 0
+    remaining: int = 0
 
     @property
     def confirmed(self) -> int:
@@ -209,14 +214,6 @@ def build_index(
         )
 
 
-def write_discrepancies(path: Path, tables: list[pa.Table]) -> Path:
-    """Every confirmed discrepancy in one Parquet file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tables:
-        pq.write_table(pa.concat_tables(tables, promote_options="default"), path)
-    return path
-
-
 @dataclass(frozen=True)
 class ReconcileOptions:
     """How to run one table's reconciliation from the CLI."""
@@ -308,6 +305,7 @@ def run_reconciliation(
     """Index the target, diff every slice, verify the candidates, report, and repair on request."""
     progress = progress or _Silent()
     started = time.monotonic()
+    scan = ScanMarker.now(config, table, settings)
     progress.phase(f"{table.target}: building the target index")
     build_index(config, table, settings, options.scratch)
     progress.phase(f"{table.source}: diffing {config.slices_for(table)} token slices")
@@ -316,12 +314,157 @@ def run_reconciliation(
     for outcome in outcomes:
         report.source_rows += outcome.source_rows
         report.target_rows += outcome.target_rows
-        report.missing += outcome.missing
-        report.extra += outcome.extra
-        report.mismatched += outcome.mismatched
         report.slices.append(asdict(outcome))
+    candidates = [read_candidates(Path(o.candidates_path)) for o in outcomes]
+    progress.phase(f"{table.source}: verifying {sum(c.num_rows for c in candidates)} candidate(s)")
+    verification = verify_candidates(config, table, settings, candidates, scan, options)
+    summarize(report, verification)
+    directory = table_scratch(options.scratch, table)
+    run_id = new_run_id()
+    report.discrepancies_path = str(
+        write_confirmed(directory / f"discrepancies-{run_id}.parquet", verification)
+    )
+    plan = plan_repair(
+        table,
+        config.defaults.version_column,
+        verification.upsert_rows,
+        verification.delete_rows,
+        run_id=run_id,
+        user_types=config.user_types,
+    )
+    script = directory / f"repair-{run_id}.sql"
+    script.write_text(plan.sql_script())
+    report.dry_run_sql_path = str(script)
+    if options.repair and (plan.upsert_count or plan.delete_count):
+        progress.phase(
+            f"{table.target}: repairing {plan.upsert_count} upsert(s), {plan.delete_count} delete(s)"
+        )
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            applied = apply_repair(conn, plan, run_id)
+        report.repaired = {"upserted": applied.upserted, "deleted": applied.deleted}
+        report.skipped_newer = applied.skipped_newer
+        settled = applied.upserted + applied.deleted + applied.skipped_newer
+        settled += applied.skipped_unchanged + applied.skipped_absent
+        report.remaining = max(0, report.confirmed - settled)
+    else:
+        report.remaining = report.confirmed
     report.duration_s = round(time.monotonic() - started, 3)
     return report
+
+
+@dataclass(frozen=True)
+class ScanMarker:
+    """When a scan started and how far the table's topic had been written then."""
+
+    cutoff_us: int
+    end_offsets: dict[int, int] | None
+    kafka_error: str | None = None
+
+    @classmethod
+    def now(
+        cls, config: PipelineConfig, table: TableSpec, settings: ConnectionSettings
+    ) -> ScanMarker:
+        from cdc_pipelines.errors import ServiceError
+        from cdc_pipelines.kafka.offsets import end_offsets
+
+        cutoff_us = time.time_ns() // 1000
+        try:
+            offsets = end_offsets(settings.kafka_bootstrap_servers, config.topic_for(table))
+        except ServiceError as exc:
+            return cls(cutoff_us, None, str(exc))
+        return cls(cutoff_us, offsets)
+
+
+def verify_candidates(
+    config: PipelineConfig,
+    table: TableSpec,
+    settings: ConnectionSettings,
+    candidates: list[pa.Table],
+    scan: ScanMarker,
+    options: ReconcileOptions,
+) -> VerificationResult:
+    """Wait for the sink to pass the scan's offsets, then re-read every candidate on both sides."""
+    from functools import partial
+
+    from cdc_pipelines.kafka.offsets import sink_group, wait_until_caught_up
+    from cdc_pipelines.reconcile.verify import (
+        Candidate,
+        CandidateKind,
+        read_source_rows,
+        read_target_rows,
+        verify_discrepancies,
+    )
+    from cdc_pipelines.scylla.session import cql_session
+
+    schema = canonical_schema(config, table)
+    keyed: list[Candidate] = []
+    for part in candidates:
+        kinds = part.column(KIND_COLUMN).to_pylist()
+        for key, kind in zip(driver_keys(part, schema), kinds, strict=True):
+            keyed.append(Candidate(key, CandidateKind(kind)))
+    if not keyed:
+        return VerificationResult((), (), ())
+    catch_up = wait_until_caught_up(
+        settings.kafka_bootstrap_servers,
+        sink_group(config.sink_name_for(table)),
+        config.topic_for(table),
+        scan.end_offsets or {},
+        options.verify_timeout_s,
+        settle_window_s=options.settle_seconds,
+    )
+    with (
+        cql_session(settings, config.scylla) as session,
+        psycopg.connect(settings.postgres_dsn) as conn,
+    ):
+        return verify_discrepancies(
+            table,
+            keyed,
+            cutoff_us=scan.cutoff_us,
+            read_source=partial(read_source_rows, session, table),
+            read_target=partial(
+                read_target_rows,
+                conn,
+                table,
+                version_column=config.defaults.version_column,
+                user_types=config.user_types,
+            ),
+            version_column=config.defaults.version_column,
+            tolerances=config.tolerances_for(table),
+            user_types=config.user_types,
+            catch_up=catch_up,
+        )
+
+
+def summarize(report: ReconcileReport, verification: VerificationResult) -> None:
+    """Counts by confirmed kind, plus what the re-read resolved or found in flight."""
+    kinds = [c.kind.value for c in verification.confirmed]
+    report.missing = kinds.count("missing")
+    report.extra = kinds.count("extra")
+    report.mismatched = kinds.count("mismatched")
+    report.in_flight = len(verification.in_flight)
+    report.resolved = len(verification.resolved)
+    catch_up = verification.catch_up
+    report.verification = catch_up.detail if catch_up is not None else "no candidates"
+
+
+def write_confirmed(path: Path, verification: VerificationResult) -> Path:
+    """Every confirmed discrepancy (key, kind, target version) in one Parquet file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "key": pa.array([json.dumps(list(c.key), default=str) for c in verification.confirmed]),
+            "kind": pa.array([c.kind.value for c in verification.confirmed], pa.string()),
+            "source_version": pa.array(
+                [c.source.version if c.source else None for c in verification.confirmed],
+                pa.int64(),
+            ),
+            "target_version": pa.array(
+                [c.target_version for c in verification.confirmed], pa.int64()
+            ),
+        }
+    )
+    pq.write_table(table, path)
+    return path
 
 
 def _scan_slice_rows(

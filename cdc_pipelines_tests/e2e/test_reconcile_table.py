@@ -131,3 +131,34 @@ def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, post
     assert report.source_rows == ROWS
     assert report.target_rows == ROWS - 3 + 2
     assert (report.missing, report.extra, report.mismatched) == (3, 2, expected_mismatches)
+
+
+def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
+    replicated, settings, tmp_path, postgres_dsn
+):
+    config, table, source, rows = replicated
+    schema = sql.Identifier(table.target_schema)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE id < 4").format(schema))
+        conn.execute(sql.SQL("UPDATE {}.all_types SET c_map = NULL WHERE id = 20").format(schema))
+        conn.execute(
+            sql.SQL(
+                'INSERT INTO {}.all_types (id, region, "order", _cdc_version_us) '
+                "VALUES (9999, 'eu-west', 1, 1)"
+            ).format(schema)
+        )
+    dry = run_reconciliation(config, table, settings, options(tmp_path))
+    assert (dry.missing, dry.extra, dry.mismatched) == (4, 1, 1)
+    assert dry.remaining == 6 and dry.repaired == {"upserted": 0, "deleted": 0}
+    script = Path(str(dry.dry_run_sql_path)).read_text()
+    assert script.count("INSERT INTO") >= 1 and "DELETE FROM" in script and "COMMIT;" in script
+
+    repaired = run_reconciliation(
+        config, table, settings, ReconcileOptions(scratch=tmp_path, workers=1, repair=True)
+    )
+    assert repaired.repaired == {"upserted": 5, "deleted": 1}
+    assert repaired.remaining == 0
+
+    again = run_reconciliation(config, table, settings, options(tmp_path))
+    assert (again.missing, again.extra, again.mismatched, again.remaining) == (0, 0, 0, 0)
+    assert again.target_rows == ROWS

@@ -1,0 +1,52 @@
+"""Primary keys from canonical Arrow rows back to the values cassandra-driver binds.
+
+The diff works on canonical keys (uuid as 16 bytes, varint and decimal as text,
+timestamps in µs); re-reading a key on both sides needs it as the driver's value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pyarrow as pa
+
+from cdc_pipelines.cqltypes import CqlType
+from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.reconcile.canonical import CanonicalSchema
+
+Key = tuple[object, ...]
+
+
+def driver_value(value: object, cql: CqlType, column: str) -> object:
+    """One canonical key value as the driver binds it."""
+    if value is None:
+        return None
+    name = cql.name
+    if name in ("uuid", "timeuuid"):
+        return uuid.UUID(bytes=bytes(value)) if isinstance(value, bytes) else uuid.UUID(str(value))
+    if name == "varint":
+        return int(str(value))
+    if name == "decimal":
+        return Decimal(str(value))
+    if name == "timestamp" and isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if name == "time" and isinstance(value, dt.time):
+        seconds = value.hour * 3600 + value.minute * 60 + value.second
+        return seconds * 1_000_000_000 + value.microsecond * 1000
+    if cql.is_collection or name in ("tuple", "udt"):
+        raise ReconcileError(
+            f"key column {column!r} is a {cql}: re-reading such keys by value is not "
+            "supported; declare a scalar key"
+        )
+    return value
+
+
+def driver_keys(keys: pa.Table, schema: CanonicalSchema) -> list[Key]:
+    """Every row of ``keys`` (the key columns of canonical rows) as a driver key tuple."""
+    columns = [(keys.column(c.name).to_pylist(), c.cql_type, c.name) for c in schema.key_columns]
+    return [
+        tuple(driver_value(values[i], cql, name) for values, cql, name in columns)
+        for i in range(keys.num_rows)
+    ]
