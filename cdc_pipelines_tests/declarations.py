@@ -42,6 +42,11 @@ ALL_TYPES_COLUMNS = """\
 def all_types_declaration(name: str, slices: int = 4, extra_table: str = "") -> PipelineConfig:
     """A keyspace ``name`` and schema ``name`` with table ``all_types``: every CQL type,
     a composite partition key, a reserved-word clustering key and a mixed-case column."""
+    return parse_config(all_types_yaml(name, slices, extra_table), f"<test declaration {name}>")
+
+
+def all_types_yaml(name: str, slices: int = 4, extra_table: str = "") -> str:
+    """The YAML text of :func:`all_types_declaration`."""
     secrets = os.environ.get("CDC_CONNECT_SECRETS_FILE", "/nonexistent/secrets.properties")
     text = f"""\
 connectors:
@@ -61,4 +66,4 @@ tables:
     tolerances: {{float_abs: 0.0001, timestamp_precision: ms}}
     columns:
 {ALL_TYPES_COLUMNS}{extra_table}"""
-    return parse_config(text, f"<test declaration {name}>")
+    return text

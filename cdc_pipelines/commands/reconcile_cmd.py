@@ -82,5 +82,4 @@ def run(args: argparse.Namespace) -> int:
     )
     if report.dry_run_sql_path:
         say(f"dry-run SQL: {report.dry_run_sql_path} (apply with --repair)")
-    remaining = report.confirmed if not options.repair else report.remaining
-    return EXIT_OK if remaining == 0 else EXIT_DISCREPANCIES
+    return EXIT_OK if report.remaining == 0 else EXIT_DISCREPANCIES

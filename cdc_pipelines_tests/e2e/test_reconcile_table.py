@@ -162,3 +162,51 @@ def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
     again = run_reconciliation(config, table, settings, options(tmp_path))
     assert (again.missing, again.extra, again.mismatched, again.remaining) == (0, 0, 0, 0)
     assert again.target_rows == ROWS
+
+
+def test_the_reconcile_command_reports_json_and_exits_by_outcome(
+    replicated, tmp_path, postgres_dsn, unique_name
+):
+    import json
+    import subprocess
+    import sys
+
+    from cdc_pipelines_tests.declarations import all_types_yaml
+
+    config, table, _, _ = replicated
+    declaration = tmp_path / "pipeline.yaml"
+    declaration.write_text(all_types_yaml(unique_name))
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DELETE FROM {}.all_types WHERE id = 7").format(sql.Identifier(unique_name))
+        )
+    base = [sys.executable, "-m", "cdc_pipelines.cli", "reconcile", table.source]
+    base += ["--config", str(declaration), "--scratch", str(tmp_path / "scratch"), "--workers", "1"]
+    report_path = tmp_path / "report.json"
+    dry = subprocess.run([*base, "--report", str(report_path)], capture_output=True, text=True)
+    assert dry.returncode == 1, dry.stderr
+    report = json.loads(report_path.read_text())
+    for field in (
+        "table",
+        "source_rows",
+        "target_rows",
+        "missing",
+        "extra",
+        "mismatched",
+        "in_flight",
+        "repaired",
+        "duration_s",
+        "discrepancies_path",
+    ):
+        assert field in report
+    assert (report["missing"], report["repaired"]) == (1, {"upserted": 0, "deleted": 0})
+    assert "slice" in dry.stderr  # progress per slice
+
+    fixed = subprocess.run([*base, "--repair"], capture_output=True, text=True)
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["repaired"]["upserted"] == 1
+
+    unknown = subprocess.run(
+        [*base[:4], "nope.table", "--config", str(declaration)], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2 and "nope.table" in unknown.stderr
