@@ -136,7 +136,7 @@ def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, post
 def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
     replicated, settings, tmp_path, postgres_dsn
 ):
-    config, table, source, rows = replicated
+    config, table, _source, _rows = replicated
     schema = sql.Identifier(table.target_schema)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE id < 4").format(schema))
@@ -173,7 +173,7 @@ def test_the_reconcile_command_reports_json_and_exits_by_outcome(
 
     from cdc_pipelines_tests.declarations import all_types_yaml
 
-    config, table, _, _ = replicated
+    _config, table, _, _ = replicated
     declaration = tmp_path / "pipeline.yaml"
     declaration.write_text(all_types_yaml(unique_name))
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
