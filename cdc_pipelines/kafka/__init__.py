@@ -1,0 +1,1 @@
+"""Kafka tools: consumer-lag sampling and evaluation, dead-letter-queue inspection."""

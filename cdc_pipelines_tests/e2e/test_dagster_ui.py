@@ -1,0 +1,429 @@
+"""The code location served by a real ``dagster dev``: assets over GraphQL, runs, the UI.
+
+``dagster dev`` (webserver + daemon) runs in its own session on a free port with a
+temporary DAGSTER_HOME copied from ``dagster_home/`` and its own PostgreSQL database,
+so the daemon sees only this test's runs; the whole process group is killed at the end.
+A reconciliation is launched the way the sensors launch it (the target-index run) and
+the daemon's fan-out sensor must turn it into one successful run per token slice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+CHROMIUM = Path("/usr/bin/chromium")
+START_TIMEOUT_S = 180.0
+RUN_TIMEOUT_S = 300.0
+GRAPHQL_TIMEOUT_S = 30.0
+POLL_S = 1.0
+STOP_GRACE_S = 20.0
+CHROMIUM_TIMEOUT_S = 120
+JOB = "replication_checks"
+SOURCE_ROWS = 12
+SLICES = ("00", "01", "02", "03")
+CODE_LOCATION = "cdc_pipelines"
+REPOSITORY = "__repository__"
+DONE_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+@dataclass(frozen=True)
+class DagsterUi:
+    url: str
+    log: Path
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.url}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=GRAPHQL_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def declaration(
+    tmp_path: Path, keyspace: str, pg_schema: str, cql_session, postgres_dsn: str
+) -> Path:
+    """A small replicated table on both sides, one row short in PostgreSQL, so jobs really run."""
+    cql_session.execute(f"CREATE TABLE {keyspace}.items (id int PRIMARY KEY, label text)")
+    for i in range(SOURCE_ROWS):
+        cql_session.execute(f"INSERT INTO {keyspace}.items (id, label) VALUES ({i}, 'item {i}')")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        table = sql.Identifier(pg_schema, "items")
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE {} (id integer PRIMARY KEY, label text, _cdc_version_us bigint)"
+            ).format(table)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} SELECT i, 'item ' || i, 1 FROM generate_series(0, %s) i"
+            ).format(table),
+            (SOURCE_ROWS - 2,),
+        )
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"""\
+version: 1
+connectors:
+  sink_name_prefix: {keyspace}-sink
+tables:
+  - source: {keyspace}.items
+    target: {pg_schema}.items
+    description: Items for the end-to-end test.
+    partition_key: [id]
+    slices: 4
+    columns: {{id: int, label: text}}
+    expectations:
+      - {{kind: not_null, column: label}}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def dagster_database(postgres_dsn: str, unique_name: str) -> Iterator[str]:
+    """A PostgreSQL database of this test's own for Dagster's storage (psycopg2 URL)."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(unique_name)))
+    info = psycopg.conninfo.conninfo_to_dict(postgres_dsn)
+    url = (
+        f"postgresql+psycopg2://{info.get('user', '')}:{info.get('password', '')}@"
+        f"{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{unique_name}"
+    )
+    yield url
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(unique_name))
+        )
+
+
+@pytest.fixture
+def dagster_ui(tmp_path: Path, declaration: Path, dagster_database: str) -> Iterator[DagsterUi]:
+    home = tmp_path / "dagster_home"
+    shutil.copytree(REPO / "dagster_home", home)
+    with (home / "dagster.yaml").open("a") as instance_yaml:
+        # No "join the community" dialog over the page the screenshot is taken of.
+        instance_yaml.write("\nnux:\n  enabled: false\n")
+    port = _free_port()
+    log = tmp_path / "dagster-dev.log"
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": dagster_database,
+        "CDC_PIPELINE_CONFIG": str(declaration),
+        "CDC_SCRATCH_URI": str(tmp_path / "scratch"),
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                str(VENV_BIN / "dagster"),
+                "dev",
+                "-w",
+                "workspace.yaml",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ui = DagsterUi(f"http://127.0.0.1:{port}", log)
+    try:
+        _wait_until_loaded(ui, process)
+        yield ui
+    finally:
+        _stop(process)
+
+
+def _wait_until_loaded(ui: DagsterUi, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    problem = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(
+                f"dagster dev exited with {process.returncode}:\n{ui.log.read_text()[-4000:]}"
+            )
+        try:
+            data = ui.graphql(
+                "{ workspaceOrError { ... on Workspace { locationEntries { name "
+                "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+            )
+        except (requests.RequestException, AssertionError) as exc:
+            problem = str(exc)
+        else:
+            entries = data["workspaceOrError"]["locationEntries"]
+            loaded = [
+                e
+                for e in entries
+                if e["locationOrLoadError"]
+                and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
+            ]
+            errors = [
+                e
+                for e in entries
+                if e["locationOrLoadError"]
+                and e["locationOrLoadError"]["__typename"] == "PythonError"
+            ]
+            if errors:
+                pytest.fail(
+                    f"the code location failed to load: {errors[0]['locationOrLoadError']['message']}"
+                )
+            if loaded:
+                return
+            problem = f"locations: {entries}"
+        time.sleep(POLL_S)
+    pytest.fail(
+        f"dagster dev did not load the code location in {START_TIMEOUT_S:.0f}s ({problem}):\n{ui.log.read_text()[-4000:]}"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop ``dagster dev`` (it shuts its children down on SIGTERM), then kill what is left."""
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=STOP_GRACE_S)
+    # A code server may outlive the leader until its heartbeat times out: none may survive.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(1)
+    process.wait(timeout=STOP_GRACE_S)
+
+
+ASSET_KEYS = "{ assetsOrError { ... on AssetConnection { nodes { key { path } } } } }"
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+RUN = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status }
+  }
+}
+"""
+CHECKS = """
+query Checks($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection {
+      events { __typename ... on AssetCheckEvaluationEvent { evaluation { checkName success } } }
+    }
+  }
+}
+"""
+RUNS_TAGGED = """
+query Runs($key: String!, $value: String!) {
+  runsOrError(filter: {tags: [{key: $key, value: $value}]}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}
+"""
+MATERIALIZED_PARTITIONS = """
+query Partitions($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset { assetMaterializations { partition metadataEntries { label ... on IntMetadataEntry { intValue } } } }
+  }
+}
+"""
+
+
+def launch(
+    ui: DagsterUi,
+    job: str,
+    assets: list[list[str]] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    selector: dict[str, Any] = {
+        "repositoryLocationName": CODE_LOCATION,
+        "repositoryName": REPOSITORY,
+        "jobName": job,
+    }
+    if assets is not None:
+        selector["assetSelection"] = [{"path": path} for path in assets]
+    params = {
+        "selector": selector,
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+    }
+    launched = ui.graphql(LAUNCH, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return str(launched["run"]["runId"])
+
+
+def wait_for_run(ui: DagsterUi, run_id: str) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline:
+        status = ui.graphql(RUN, {"runId": run_id})["runOrError"]["status"]
+        if status in DONE_STATUSES:
+            break
+        time.sleep(POLL_S)
+    assert status == "SUCCESS", f"run {run_id} ended {status}:\n{ui.log.read_text()[-4000:]}"
+
+
+def wait_for_slice_runs(ui: DagsterUi, index_run: str) -> list[dict[str, Any]]:
+    """The runs the fan-out sensor requested for ``index_run``, once all of them finished."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        runs = ui.graphql(RUNS_TAGGED, {"key": "cdc/index-run", "value": index_run})["runsOrError"][
+            "results"
+        ]
+        if len(runs) == len(SLICES) and all(r["status"] in DONE_STATUSES for r in runs):
+            return runs
+        time.sleep(POLL_S)
+    pytest.fail(
+        f"slice runs of {index_run} after {RUN_TIMEOUT_S:.0f}s: {runs}\n{ui.log.read_text()[-4000:]}"
+    )
+
+
+def chromium(*arguments: str, profile: Path) -> str:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing; 'bash .ci/setup' installs Debian's chromium")
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+        "--virtual-time-budget=15000",
+        *arguments,
+    ]
+    return subprocess.run(
+        command, check=True, timeout=CHROMIUM_TIMEOUT_S, capture_output=True, text=True
+    ).stdout
+
+
+def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
+    dagster_ui, declaration, keyspace, pg_schema, tmp_path
+):
+    paths = {
+        "/".join(node["key"]["path"])
+        for node in dagster_ui.graphql(ASSET_KEYS)["assetsOrError"]["nodes"]
+    }
+    expected = {
+        f"scylla/{keyspace}/items",
+        f"kafka/scylla.{keyspace}.items",
+        f"postgres/{pg_schema}/items",
+        f"target_index/{keyspace}/items",
+        f"reconciliation/{keyspace}/items",
+        f"repair/{keyspace}/items",
+    }
+    assert expected <= paths, paths
+
+    # The hourly checks, launched by hand: the run succeeds and parity sees the missing row.
+    checks_run = launch(dagster_ui, JOB)
+    wait_for_run(dagster_ui, checks_run)
+    events = dagster_ui.graphql(CHECKS, {"runId": checks_run})["logsForRun"]["events"]
+    checks = {
+        e["evaluation"]["checkName"]: e["evaluation"]["success"]
+        for e in events
+        if e["__typename"] == "AssetCheckEvaluationEvent"
+    }
+    assert set(checks) == {"lag_within_slo", "freshness", "row_count_parity", "discrepancy_rate"}
+    assert checks["row_count_parity"] is False
+
+    # A reconciliation as the sensors request it: the index run, then one run per slice.
+    source = f"{keyspace}.items"
+    index_run = launch(
+        dagster_ui,
+        f"reconcile__{keyspace}__items",
+        assets=[["target_index", keyspace, "items"]],
+        tags={
+            "cdc/table": source,
+            "cdc/stage": "index",
+            "cdc/reason": "manual",
+            "cdc/trigger": "e2e",
+        },
+    )
+    wait_for_run(dagster_ui, index_run)
+    slice_runs = wait_for_slice_runs(dagster_ui, index_run)
+    assert {r["status"] for r in slice_runs} == {"SUCCESS"}, slice_runs
+    for run in slice_runs:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert (tags["cdc/table"], tags["cdc/stage"], tags["cdc/reason"]) == (
+            source,
+            "slice",
+            "manual",
+        )
+    materializations = dagster_ui.graphql(
+        MATERIALIZED_PARTITIONS, {"path": ["reconciliation", keyspace, "items"]}
+    )["assetOrError"]["assetMaterializations"]
+    assert sorted(m["partition"] for m in materializations) == list(SLICES)
+    missing = sum(
+        e["intValue"]
+        for m in materializations
+        for e in m["metadataEntries"]
+        if e["label"] == "missing"
+    )
+    assert missing == 1
+
+    profile = tmp_path / "chromium-profile"
+    graph_url = f"{dagster_ui.url}/asset-groups/{keyspace}"
+    screenshot = tmp_path / "asset-graph.png"
+    chromium(f"--screenshot={screenshot}", graph_url, profile=profile)
+    assert screenshot.stat().st_size > 10_000
+    dom = chromium("--dump-dom", graph_url, profile=profile)
+    catalog = chromium("--dump-dom", f"{dagster_ui.url}/assets", profile=profile)
+    artifacts = os.environ.get("CDC_E2E_ARTIFACTS")
+    if artifacts:
+        shutil.copy(screenshot, Path(artifacts) / "asset-graph.png")
+        (Path(artifacts) / "asset-graph.html").write_text(dom)
+    # The lineage graph labels each node with its table name, the topic with its own name.
+    assert dom.count(">items<") >= len(expected) - 1, (
+        "the lineage graph does not show the table's assets"
+    )
+    assert f"scylla.{keyspace}.items" in dom
+    # The catalog lists every asset by its full key.
+    for path in expected:
+        assert " / ".join(path.split("/")) in catalog, f"the asset catalog does not list {path}"

@@ -1,0 +1,187 @@
+"""The code location loads from the example declaration, and its shape is reviewed as a snapshot.
+
+Set ``CDC_UPDATE_SNAPSHOT=1`` to rewrite ``defs_snapshot.json`` after an intended change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from cdc_pipelines.config import load_config
+from cdc_pipelines.defs.build import build_definitions, load_definitions
+from cdc_pipelines.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "pipeline.yaml"
+SNAPSHOT = Path(__file__).with_name("defs_snapshot.json")
+VENV_BIN = Path(sys.executable).parent
+DG_TIMEOUT_S = 180
+BROKEN = """\
+version: 1
+tables:
+  - source: shop.items
+    target: shop.items
+    partition_key: [idd]
+    columns: {id: int, name: text}
+"""
+EXTRA_TABLE = """
+  - source: shop.returns
+    target: shop.returns
+    partition_key: [id]
+    slices: 4
+    columns: {id: int, reason: text}
+"""
+
+
+def shape(defs: dg.Definitions) -> dict[str, object]:
+    """What a reviewer should see change: keys, groups, kinds, partitions, checks, jobs, automation."""
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        partitions = node.partitions_def
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "kinds": sorted(node.kinds),
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": None if partitions is None else len(partitions.get_partition_keys()),
+            "materializable": node.is_materializable,
+        }
+    checks = sorted(
+        f"{k.asset_key.to_user_string()}:{k.name}{' (blocking)' if graph.get_check_spec(k).blocking else ''}"
+        for k in graph.asset_check_keys
+    )
+    jobs = sorted(j.name for j in defs.resolve_all_job_defs() if not j.name.startswith("__"))
+    schedules = {
+        s.name: {"cron": s.cron_schedule, "status": s.default_status.value}
+        for s in sorted(defs.schedules or [], key=lambda s: s.name)
+    }
+    sensors = {
+        s.name: {"interval_s": s.minimum_interval_seconds, "status": s.default_status.value}
+        for s in sorted(defs.sensors or [], key=lambda s: s.name)
+    }
+    return {
+        "assets": assets,
+        "checks": checks,
+        "jobs": jobs,
+        "schedules": schedules,
+        "sensors": sensors,
+        "resources": sorted(defs.resources or {}),
+    }
+
+
+def test_the_example_declaration_loads_and_matches_the_snapshot():
+    defs = load_definitions(EXAMPLE)
+    defs.resolve_all_job_defs()
+    current = shape(defs)
+    if os.environ.get("CDC_UPDATE_SNAPSHOT") == "1":
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    recorded = json.loads(SNAPSHOT.read_text())
+    assert current == recorded, (
+        "the definitions changed; review the difference and rerun with CDC_UPDATE_SNAPSHOT=1"
+    )
+
+
+def test_every_table_gets_its_lineage_jobs_and_slices():
+    config = load_config(EXAMPLE)
+    graph = load_definitions(EXAMPLE).resolve_asset_graph()
+    for table in config.tables:
+        ks, t = table.keyspace, table.table
+        reconciliation = graph.get(dg.AssetKey(["reconciliation", ks, t]))
+        assert reconciliation.partitions_def is not None
+        keys = reconciliation.partitions_def.get_partition_keys()
+        assert len(keys) == config.slices_for(table)
+        assert keys[0] == "00"
+        assert (
+            dg.AssetKey(["scylla", ks, t])
+            in graph.get(dg.AssetKey(["kafka", config.topic_for(table)])).parent_keys
+        )
+        assert reconciliation.group_name == ks
+
+
+def test_adding_a_table_to_the_declaration_adds_its_assets(tmp_path):
+    declaration = tmp_path / "pipeline.yaml"
+    declaration.write_text(EXAMPLE.read_text() + EXTRA_TABLE)
+    before = set(load_definitions(EXAMPLE).resolve_asset_graph().get_all_asset_keys())
+    after_defs = load_definitions(declaration)
+    added = {
+        k.to_user_string()
+        for k in set(after_defs.resolve_asset_graph().get_all_asset_keys()) - before
+    }
+    assert added == {
+        "scylla/shop/returns",
+        "kafka/scylla.shop.returns",
+        "postgres/shop/returns",
+        "target_index/shop/returns",
+        "reconciliation/shop/returns",
+        "repair/shop/returns",
+    }
+    assert after_defs.resolve_job_def("reconcile__shop__returns").partitions_def is not None
+
+
+def test_a_broken_declaration_fails_with_its_own_message(tmp_path):
+    declaration = tmp_path / "pipeline.yaml"
+    declaration.write_text(BROKEN)
+    with pytest.raises(ConfigError) as caught:
+        build_definitions(load_config(declaration))
+    message = str(caught.value)
+    assert "'idd'" in message and "did you mean 'id'" in message
+    # The code location itself refuses to load, showing that message.
+    result = _dg_check(env={"CDC_PIPELINE_CONFIG": str(declaration)})
+    assert result.returncode != 0
+    assert "did you mean 'id'" in result.stdout + result.stderr
+
+
+def test_dg_check_defs_passes_on_the_example():
+    result = _dg_check(env={"CDC_PIPELINE_CONFIG": str(EXAMPLE)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def _dg_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, **env, "VIRTUAL_ENV": str(VENV_BIN.parent)}
+    environ["PATH"] = f"{VENV_BIN}{os.pathsep}{environ.get('PATH', '')}"
+    return subprocess.run(
+        [str(VENV_BIN / "dg"), "check", "defs"],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=DG_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_the_nightly_schedule_requests_one_index_run_per_table():
+    config = load_config(EXAMPLE)
+    defs = load_definitions(EXAMPLE)
+    schedule = defs.resolve_schedule_def("nightly_reconciliation")
+    night = datetime(2026, 1, 2, 2, 0, tzinfo=UTC)
+    with dg.build_schedule_context(scheduled_execution_time=night) as context:
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert [r.run_key for r in requests] == [
+        f"nightly:{t.source}:2026-01-02" for t in config.tables
+    ]
+    for request, table in zip(requests, config.tables, strict=True):
+        assert request.asset_selection == [
+            dg.AssetKey(["target_index", table.keyspace, table.table])
+        ]
+        assert request.tags["cdc/stage"] == "index"
+        assert request.tags["cdc/table"] == table.source
+
+
+def test_repair_is_a_dry_run_unless_the_run_config_says_apply():
+    defs = load_definitions(EXAMPLE)
+    job = defs.resolve_job_def("repair_slice__demo__orders")
+    op = "repair__demo__orders"
+    assert dg.validate_run_config(job, {})["ops"][op]["config"] == {"apply": False}
+    applied = {"ops": {op: {"config": {"apply": True}}}}
+    assert dg.validate_run_config(job, applied)["ops"][op]["config"] == {"apply": True}
