@@ -63,6 +63,9 @@ class SliceSummary:
     candidates_path: Path
     sample: DiscrepancySample
     verified: bool
+    in_flight: int = 0
+    resolved: int = 0
+    verification_detail: str = ""
 
     @property
     def discrepancies(self) -> int:
@@ -117,23 +120,30 @@ def reconcile_slice(
     settings: ConnectionSettings,
     scratch: Path,
 ) -> SliceSummary:
-    """Diff one slice of the source against the target index built before."""
+    """Diff one slice of the source against the target index, then verify the candidates."""
     from cdc_pipelines.reconcile import engine
 
     outcome = engine.reconcile_slice(config, table, slice_id, settings, scratch)
     path = Path(outcome.candidates_path)
+    verification = engine.verify_slice(config, table, slice_id, settings, scratch)
+    kinds = [c.kind.value for c in verification.confirmed]
     return SliceSummary(
         table=outcome.table,
         slice_id=outcome.slice_id,
         source_rows=outcome.source_rows,
         target_rows=outcome.target_rows,
-        missing=outcome.missing,
-        extra=outcome.extra,
-        mismatched=outcome.mismatched,
+        missing=kinds.count("missing"),
+        extra=kinds.count("extra"),
+        mismatched=kinds.count("mismatched"),
         duration_s=outcome.duration_s,
         candidates_path=path,
         sample=read_sample(path),
-        verified=False,
+        verified=True,
+        in_flight=len(verification.in_flight),
+        resolved=len(verification.resolved),
+        verification_detail=(
+            verification.catch_up.detail if verification.catch_up else "no candidates"
+        ),
     )
 
 
@@ -145,16 +155,33 @@ def repair_slice(
     scratch: Path,
     apply: bool,
 ) -> RepairSummary:
-    """Repair the verified discrepancies of one slice; a dry run only writes the SQL script.
+    """Repair the verified discrepancies of one slice; a dry run only writes the SQL script."""
+    from cdc_pipelines.reconcile import engine
 
-    The engine has no repair entry point yet; until it does this raises instead of
-    pretending, so a repair run fails visibly.
-    """
-    raise ReconcileError(
-        f"repair of {table.source} slice {slice_id} is not available: the reconciliation "
-        "engine has no repair entry point yet (cdc_pipelines.reconcile.engine.repair_slice); "
-        "nothing was changed"
+    repair = engine.repair_slice(config, table, slice_id, settings, scratch, apply)
+    outcome = repair.outcome
+    return RepairSummary(
+        table=table.source,
+        slice_id=slice_id,
+        applied=outcome is not None,
+        upserts=outcome.upserted if outcome else repair.plan.upsert_count,
+        deletes=outcome.deleted if outcome else repair.plan.delete_count,
+        sql_script=_script_excerpt(repair.plan.sql_script()),
+        sql_path=repair.sql_path,
+        audit_path=None,
     )
+
+
+SCRIPT_EXCERPT_LINES = 200
+
+
+def _script_excerpt(script: str) -> str:
+    """The dry-run script for the UI, cut after ``SCRIPT_EXCERPT_LINES`` lines (the file has all)."""
+    lines = script.splitlines()
+    if len(lines) <= SCRIPT_EXCERPT_LINES:
+        return script
+    cut = len(lines) - SCRIPT_EXCERPT_LINES
+    return "\n".join([*lines[:SCRIPT_EXCERPT_LINES], f"-- … {cut} more lines in the script file"])
 
 
 def read_sample(path: Path, limit: int = DISCREPANCY_SAMPLE_ROWS) -> DiscrepancySample:
@@ -223,8 +250,10 @@ def slice_metadata(summary: SliceSummary) -> dict[str, dg.MetadataValue]:
         "duration_s": dg.MetadataValue.float(summary.duration_s),
         "rows_per_s": dg.MetadataValue.float(round(summary.rows_per_s, 1)),
         "verified": dg.MetadataValue.bool(summary.verified),
+        "in_flight": dg.MetadataValue.int(summary.in_flight),
+        "resolved_on_reread": dg.MetadataValue.int(summary.resolved),
         "verification": dg.MetadataValue.text(
-            "re-read after the sink caught up" if summary.verified else VERIFICATION_PENDING
+            summary.verification_detail if summary.verified else VERIFICATION_PENDING
         ),
         "discrepancy_sample": table,
         "candidates": dg.MetadataValue.path(str(summary.candidates_path)),

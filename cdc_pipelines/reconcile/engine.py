@@ -20,7 +20,15 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
-from cdc_pipelines.postgres.repair import apply_repair, new_run_id, plan_repair
+from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.postgres.repair import (
+    RepairOutcome,
+    RepairPlan,
+    apply_repair,
+    new_run_id,
+    plan_repair,
+)
+from cdc_pipelines.postgres.target_index import TargetIndexManifest, build_target_index
 from cdc_pipelines.reconcile.canonical import CanonicalSchema
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.keys import driver_keys
@@ -29,6 +37,7 @@ from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
 SLICE_RESULT_SUFFIX = ".result.json"
+SCAN_MARKER = "scan.json"
 KIND_COLUMN = "kind"
 
 Progress = Callable[[str, int], None]
@@ -197,18 +206,24 @@ def build_index(
     settings: ConnectionSettings,
     scratch: Path,
     on_rows: Callable[[int], None] | None = None,
-) -> object:
-    """The target index of the table under the scratch directory (see ``postgres.target_index``)."""
-    from cdc_pipelines.postgres.target_index import build_target_index
+) -> TargetIndexManifest:
+    """The target index of the table under the scratch directory (see ``postgres.target_index``).
 
+    The scan marker (cut-off time and the topic's end offsets) is recorded first, next to
+    the index: verification later waits for the sink to pass those offsets and treats rows
+    written after the cut-off as in flight.
+    """
     schema = canonical_schema(config, table)
+    directory = table_scratch(scratch, table)
+    directory.mkdir(parents=True, exist_ok=True)
+    ScanMarker.now(config, table, settings).write(directory)
     with psycopg.connect(settings.postgres_dsn) as conn:
         return build_target_index(
             conn,
             table,
             schema,
             config.slices_for(table),
-            table_scratch(scratch, table) / "target_index",
+            directory / "target_index",
             on_rows=on_rows,
             dsn=settings.postgres_dsn,
         )
@@ -305,9 +320,9 @@ def run_reconciliation(
     """Index the target, diff every slice, verify the candidates, report, and repair on request."""
     progress = progress or _Silent()
     started = time.monotonic()
-    scan = ScanMarker.now(config, table, settings)
     progress.phase(f"{table.target}: building the target index")
     build_index(config, table, settings, options.scratch)
+    scan = ScanMarker.read(table_scratch(options.scratch, table))
     progress.phase(f"{table.source}: diffing {config.slices_for(table)} token slices")
     outcomes = diff_all_slices(config, table, settings, options, progress)
     report = ReconcileReport(table=table.source)
@@ -374,6 +389,24 @@ class ScanMarker:
             return cls(cutoff_us, None, str(exc))
         return cls(cutoff_us, offsets)
 
+    def write(self, directory: Path) -> None:
+        (directory / SCAN_MARKER).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, directory: Path) -> ScanMarker:
+        try:
+            document = json.loads((directory / SCAN_MARKER).read_text())
+        except FileNotFoundError:
+            raise ReconcileError(
+                f"no scan marker in {directory}; build the target index first"
+            ) from None
+        offsets = document.get("end_offsets")
+        return cls(
+            cutoff_us=int(document["cutoff_us"]),
+            end_offsets={int(k): int(v) for k, v in offsets.items()} if offsets else None,
+            kafka_error=document.get("kafka_error"),
+        )
+
 
 def verify_candidates(
     config: PipelineConfig,
@@ -433,6 +466,65 @@ def verify_candidates(
             user_types=config.user_types,
             catch_up=catch_up,
         )
+
+
+@dataclass(frozen=True)
+class SliceRepair:
+    """The verified repair of one slice: its plan, the dry-run script and, if applied, the outcome."""
+
+    verification: VerificationResult
+    plan: RepairPlan
+    sql_path: Path
+    outcome: RepairOutcome | None
+
+
+def verify_slice(
+    config: PipelineConfig,
+    table: TableSpec,
+    slice_key: str,
+    settings: ConnectionSettings,
+    scratch: Path,
+    options: ReconcileOptions | None = None,
+) -> VerificationResult:
+    """Re-read the slice's candidates on both sides once the sink passed the scan's offsets."""
+    directory = table_scratch(scratch, table)
+    candidates = read_candidates(directory / "slices" / f"slice={slice_key}.candidates.arrow")
+    return verify_candidates(
+        config,
+        table,
+        settings,
+        [candidates],
+        ScanMarker.read(directory),
+        options or ReconcileOptions(scratch=scratch),
+    )
+
+
+def repair_slice(
+    config: PipelineConfig,
+    table: TableSpec,
+    slice_key: str,
+    settings: ConnectionSettings,
+    scratch: Path,
+    apply: bool,
+) -> SliceRepair:
+    """Verify the slice's candidates again, plan the repair, write its SQL; apply on request."""
+    verification = verify_slice(config, table, slice_key, settings, scratch)
+    run_id = new_run_id()
+    plan = plan_repair(
+        table,
+        config.defaults.version_column,
+        verification.upsert_rows,
+        verification.delete_rows,
+        run_id=run_id,
+        user_types=config.user_types,
+    )
+    sql_path = table_scratch(scratch, table) / "slices" / f"slice={slice_key}.repair-{run_id}.sql"
+    sql_path.write_text(plan.sql_script())
+    outcome = None
+    if apply and (plan.upsert_count or plan.delete_count):
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            outcome = apply_repair(conn, plan, run_id)
+    return SliceRepair(verification, plan, sql_path, outcome)
 
 
 def summarize(report: ReconcileReport, verification: VerificationResult) -> None:
