@@ -15,7 +15,6 @@ from psycopg import sql
 from cdc_pipelines.defs.build import build_definitions
 from cdc_pipelines.defs.names import table_names
 from cdc_pipelines.defs.resources import ScratchStorageResource, default_resources
-from cdc_pipelines_tests.e2e.test_reconcile_table import replicated  # noqa: F401  (fixture)
 
 
 def materialize_slices(defs, key, slices, instance, run_config=None):
@@ -38,7 +37,7 @@ def materialize_slices(defs, key, slices, instance, run_config=None):
 def test_partitioned_reconciliation_reports_verified_drift_and_repair_clears_it(
     replicated,
     tmp_path,
-    postgres_dsn,  # noqa: F811
+    postgres_dsn,
 ):
     config, table, _, _ = replicated
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
