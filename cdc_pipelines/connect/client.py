@@ -300,6 +300,22 @@ class ConnectClient:
             f"connector {name!r} did not reach {state} within {timeout_s:.0f}s ({seen})"
         )
 
+    def wait_for_state_connector_only(
+        self, name: str, state: str, timeout_s: float = 60.0
+    ) -> ConnectorStatus:
+        """Poll until the connector itself reports ``state`` (a stopped connector has no tasks)."""
+        deadline = time.monotonic() + timeout_s
+        status = self.status_if_exists(name)
+        while time.monotonic() < deadline:
+            if status is not None and status.state == state:
+                return status
+            time.sleep(0.5)
+            status = self.status_if_exists(name)
+        raise ConnectError(
+            f"connector {name!r} did not reach {state} within {timeout_s:.0f}s "
+            f"({status.state if status else 'not created'})"
+        )
+
 
 def _n(name: str) -> str:
     return quote(name, safe="")
