@@ -35,6 +35,7 @@ from cdc_pipelines.reconcile.canonical import (
     ROW_HASH_COLUMN,
     CanonicalSchema,
     from_postgres_text,
+    postgres_csv_options,
 )
 from cdc_pipelines.reconcile.rowhash import with_row_hash
 from cdc_pipelines.scylla.slices import slice_id, slice_indices
@@ -182,17 +183,7 @@ def build_target_index(
     query = copy_query(table, schema)
     try:
         with _copy_output(conn, query, dsn) as stream:
-            reader = pa_csv.open_csv(
-                stream,
-                read_options=pa_csv.ReadOptions(column_names=names, block_size=CSV_BLOCK_SIZE),
-                parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types={n: pa.string() for n in names},
-                    strings_can_be_null=True,
-                    quoted_strings_can_be_null=False,
-                    null_values=[""],
-                ),
-            )
+            reader = pa_csv.open_csv(stream, **postgres_csv_options(names, CSV_BLOCK_SIZE))
             for batch in reader:
                 canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
                 hashed = with_row_hash(canonical, schema)

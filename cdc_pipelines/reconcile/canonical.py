@@ -716,10 +716,60 @@ def _convert_each(
     return out
 
 
+# Driver values of these types convert to their canonical Arrow type in C (pa.array);
+# anything unexpected falls back to the checked per-value conversion below.
+_VECTORIZED_TYPES: Mapping[str, pa.DataType] = {
+    "tinyint": pa.int8(),
+    "smallint": pa.int16(),
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "counter": pa.int64(),
+    "float": pa.float32(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "text": pa.string(),
+    "ascii": pa.string(),
+    "blob": pa.binary(),
+}
+
+
+def _vectorized(values: Sequence[object], arrow_type: pa.DataType) -> pa.Array | None:
+    """``pa.array`` in C when every value already has the Python type it expects, else None."""
+    try:
+        return pa.array(values, arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError, ValueError):
+        return None
+
+
+def _driver_timestamps(values: Sequence[object], column: CanonicalColumn) -> pa.Array | None:
+    """Driver datetimes (naive = UTC) as µs rounded to the millisecond, in C; None if mixed."""
+    if not all(v is None or isinstance(v, dt.datetime) for v in values):
+        return None
+    micros = _vectorized(values, pa.timestamp("us"))
+    if micros is None:
+        return None
+    raw = micros.cast(pa.int64())
+    mask = np.asarray(raw.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    filled = np.asarray(raw.fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    rounded = np.floor_divide(filled + MICROS_PER_MILLI // 2, MICROS_PER_MILLI) * MICROS_PER_MILLI
+    return pa.array(rounded, pa.int64(), mask=mask if mask.any() else None)
+
+
 def _python_column(
     values: Sequence[object], column: CanonicalColumn, schema: CanonicalSchema
 ) -> pa.Array:
     name = column.cql_type.name
+    fast_type = _VECTORIZED_TYPES.get(name)
+    if fast_type is not None:
+        fast = _vectorized(
+            values, column.arrow_type if name in _INTEGER_NAMES | _FLOAT_NAMES else fast_type
+        )
+        if fast is not None:
+            return fast
+    if name == "timestamp":
+        stamps = _driver_timestamps(values, column)
+        if stamps is not None:
+            return _truncate(stamps.cast(TIMESTAMP_TYPE), column, schema)
     if name in _JSON_TYPES:
         texts = _convert_each(values, column, lambda v: canonical_json(v, column.cql_type, schema))
         return pa.array(texts, pa.string())
@@ -1076,6 +1126,24 @@ def _version_from_text(values: pa.Array, schema: CanonicalSchema) -> pa.Array:
         ) from None
 
 
+def postgres_csv_options(names: Sequence[str], block_size: int | None = None) -> dict[str, Any]:
+    """pyarrow CSV options for PostgreSQL's ``COPY … (FORMAT CSV)`` output: every column as
+    text, unquoted empty = NULL, quoted ``""`` = empty string, newlines inside values."""
+    read = pa_csv.ReadOptions(column_names=list(names))
+    if block_size:
+        read.block_size = block_size
+    return {
+        "read_options": read,
+        "parse_options": pa_csv.ParseOptions(newlines_in_values=True),
+        "convert_options": pa_csv.ConvertOptions(
+            column_types={n: pa.string() for n in names},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            null_values=[""],
+        ),
+    }
+
+
 def read_postgres_csv(source: bytes | IO[bytes], schema: CanonicalSchema) -> pa.Table:
     """A canonical table from the bytes of ``COPY (SELECT column_names …) TO STDOUT (FORMAT CSV)``."""
     names = list(schema.column_names)
@@ -1083,17 +1151,7 @@ def read_postgres_csv(source: bytes | IO[bytes], schema: CanonicalSchema) -> pa.
         return from_postgres_text(pa.table({n: pa.array([], pa.string()) for n in names}), schema)
     stream = pa.BufferReader(source) if isinstance(source, bytes) else source
     try:
-        table = pa_csv.read_csv(
-            stream,
-            read_options=pa_csv.ReadOptions(column_names=names),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={n: pa.string() for n in names},
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-                null_values=[""],
-            ),
-        )
+        table = pa_csv.read_csv(stream, **postgres_csv_options(names))
     except pa.ArrowInvalid as exc:
         raise ReconcileError(
             f"table {schema.table}: the COPY output is not CSV with {len(names)} columns: {exc}"

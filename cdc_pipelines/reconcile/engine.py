@@ -339,14 +339,7 @@ def run_reconciliation(
     report.discrepancies_path = str(
         write_confirmed(directory / f"discrepancies-{run_id}.parquet", verification)
     )
-    plan = plan_repair(
-        table,
-        config.defaults.version_column,
-        verification.upsert_rows,
-        verification.delete_rows,
-        run_id=run_id,
-        user_types=config.user_types,
-    )
+    plan = plan_verified_repair(config, table, verification, run_id)
     script = directory / f"repair-{run_id}.sql"
     script.write_text(plan.sql_script())
     report.dry_run_sql_path = str(script)
@@ -478,6 +471,20 @@ class SliceRepair:
     outcome: RepairOutcome | None
 
 
+def plan_verified_repair(
+    config: PipelineConfig, table: TableSpec, verification: VerificationResult, run_id: str
+) -> RepairPlan:
+    """The repair of the confirmed discrepancies: fresh source rows up, verified extras out."""
+    return plan_repair(
+        table,
+        config.defaults.version_column,
+        verification.upsert_rows,
+        verification.delete_rows,
+        run_id=run_id,
+        user_types=config.user_types,
+    )
+
+
 def verify_slice(
     config: PipelineConfig,
     table: TableSpec,
@@ -510,14 +517,7 @@ def repair_slice(
     """Verify the slice's candidates again, plan the repair, write its SQL; apply on request."""
     verification = verify_slice(config, table, slice_key, settings, scratch)
     run_id = new_run_id()
-    plan = plan_repair(
-        table,
-        config.defaults.version_column,
-        verification.upsert_rows,
-        verification.delete_rows,
-        run_id=run_id,
-        user_types=config.user_types,
-    )
+    plan = plan_verified_repair(config, table, verification, run_id)
     sql_path = table_scratch(scratch, table) / "slices" / f"slice={slice_key}.repair-{run_id}.sql"
     sql_path.write_text(plan.sql_script())
     outcome = None

@@ -37,6 +37,7 @@ from cdc_pipelines.reconcile.canonical import (
     CanonicalSchema,
     from_postgres_text,
     from_python_rows,
+    postgres_csv_options,
 )
 from cdc_pipelines.reconcile.compare import differing_columns
 from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
@@ -345,17 +346,7 @@ def _parse_target_csv(
     if not data:
         return []
     names = [position, *schema.column_names]
-    table = pa_csv.read_csv(
-        pa.BufferReader(data),
-        read_options=pa_csv.ReadOptions(column_names=names),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            null_values=[""],
-        ),
-    )
+    table = pa_csv.read_csv(pa.BufferReader(data), **postgres_csv_options(names))
     positions = [int(p) for p in table.column(position).to_pylist()]
     canonical = from_postgres_text(table.drop_columns([position]), schema).combine_chunks()
     return [(p, canonical.slice(i, 1)) for i, p in enumerate(positions)]

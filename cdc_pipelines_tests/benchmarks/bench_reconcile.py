@@ -220,14 +220,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--keep", action="store_true", help="keep the seeded tables")
+    parser.add_argument(
+        "--reuse", metavar="NAME", help="measure tables seeded by an earlier --keep run"
+    )
     args = parser.parse_args()
     for key, value in stack.stack_env(StackLayout.from_env()).items():
         os.environ.setdefault(key, value)
     settings = ConnectionSettings.from_env()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
+    name = args.reuse or f"bench_{uuid.uuid4().hex[:8]}"
     config = declaration(name, args.slices)
-    seed_s, _ = timed(seed, config, settings, args.rows)
-    print(f"seeded {args.rows} rows in {seed_s:.1f}s", file=sys.stderr)
+    if not args.reuse:
+        seed_s, _ = timed(seed, config, settings, args.rows)
+        print(f"seeded {args.rows} rows into {name} in {seed_s:.1f}s", file=sys.stderr)
 
     cqlsh_s = cqlsh_copy(name, settings)
     scan_s, scanned = timed(source_scan, config, settings)
@@ -254,7 +258,7 @@ def main() -> None:
     print("| measure | value |\n|---|---|")
     for key, value in results.items():
         print(f"| {key} | {value:,.2f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    if not args.keep:
+    if not args.keep and not args.reuse:
         from cdc_pipelines.scylla.session import cql_session
 
         with cql_session(settings) as session:
