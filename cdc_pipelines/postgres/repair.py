@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import re
 import threading
@@ -62,11 +63,11 @@ from cdc_pipelines.postgres.literals import (
 from cdc_pipelines.postgres.types import VERSION_COLUMN_PG_TYPE, column_pg_type
 from cdc_pipelines.reconcile.canonical import (
     CanonicalSchema,
-    canonical_json,
     dumps_canonical,
     json_element,
     time_nanos,
 )
+from cdc_pipelines.scylla.cdc_envelope import connector_value
 
 DEFAULT_BATCH_SIZE = 20_000  # rows per batch; its temp table stays within temp_buffers (8 MB)
 SCRIPT_ROWS_PER_STATEMENT = 100
@@ -244,6 +245,18 @@ def _driver_scalar(
     return None
 
 
+def _is_empty_collection(value: object, cql: CqlType) -> bool:
+    """Cassandra stores an empty non-frozen collection as no value: NULL, on both sides."""
+    if cql.frozen:
+        return False
+    if cql.name in ("list", "set", "map"):
+        return len(value) == 0  # type: ignore[arg-type]
+    if cql.name == "udt":
+        items = value.values() if isinstance(value, Mapping) else tuple(value)  # type: ignore[arg-type]
+        return all(item is None for item in items)
+    return False
+
+
 def _column_converter(
     column: ColumnSpec, ctype: ColumnType, schema: CanonicalSchema
 ) -> Callable[[object], object]:
@@ -251,12 +264,16 @@ def _column_converter(
     cql = column.cql_type
     check = value_checker(ctype)
     if ctype.family is Family.JSON and not ctype.is_array:
+        user_types = {name: {f: str(t) for f, t in fields} for name, fields in schema.user_types}
 
         def to_json(value: object) -> object:
-            if value is None:
+            # The connector's JSON shape, so repaired rows look like streamed ones.
+            if value is None or _is_empty_collection(value, cql):
                 return None
-            text = canonical_json(value, cql, schema)
-            return None if text is None else check(JsonText(text))
+            text = json.dumps(
+                connector_value(cql, value, user_types), ensure_ascii=False, allow_nan=False
+            )
+            return check(JsonText(text))
 
         return to_json
     if ctype.is_array:

@@ -284,54 +284,69 @@ class ScyllaCdcEnvelope:
 
     def convert(self, cql: CqlType, value: object) -> Any:
         """A Python value (as written with cassandra-driver) in the connector's JSON form."""
-        if value is None:
-            return None
-        name = cql.name
-        if name in ("tinyint", "smallint", "int", "bigint", "counter"):
-            return int(value)  # type: ignore[call-overload]
-        if name in ("float", "double"):
-            return float(value)  # type: ignore[arg-type]
-        if name == "boolean":
-            return bool(value)
-        if name in ("ascii", "text", "varchar"):
-            return str(value)
-        if name == "varint":
-            return str(int(value))  # type: ignore[call-overload]
-        if name == "decimal":
-            return format(Decimal(value), "f") if not isinstance(value, str) else value  # type: ignore[arg-type]
-        if name in ("uuid", "timeuuid"):
-            return str(uuid.UUID(str(value)))
-        if name == "inet":
-            return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
-        if name == "blob":
-            return base64.b64encode(bytes(value)).decode()  # type: ignore[call-overload]
-        if name == "timestamp":
-            return _epoch_ms(value)
-        if name == "date":
-            return _epoch_days(value)
-        if name == "time":
-            return _time_nanos(value)
-        if name == "duration":
-            return _duration_literal(value)
-        if name in ("list", "set"):
-            items = sorted(value, key=repr) if name == "set" and isinstance(value, set) else value
-            return [self.convert(cql.params[0], v) for v in items]  # type: ignore[attr-defined]
-        if name == "map":
-            return [
-                {"key": self.convert(cql.params[0], k), "value": self.convert(cql.params[1], v)}
-                for k, v in value.items()  # type: ignore[attr-defined]
-            ]
-        if name == "tuple":
-            members: Sequence[object] = value  # type: ignore[assignment]
-            return {
-                f"tuple_member_{i}": self.convert(p, v)
-                for i, (p, v) in enumerate(zip(cql.params, members, strict=True))
-            }
-        if name == "udt":
-            fields = self._udt_fields(cql)
-            get = value.get if isinstance(value, Mapping) else lambda f: getattr(value, f, None)
-            return {f: self.convert(t, get(f)) for f, t in fields}
-        raise ConfigError(f"{self.table.source}: cannot encode CQL type {cql}")
+        return connector_value(cql, value, self.config.user_types, self.table.source)
+
+
+def connector_value(
+    cql: CqlType, value: object, user_types: Mapping[str, Mapping[str, str]], table: str = ""
+) -> Any:
+    """A driver value in the connector's JSON form (what the sink writes for jsonb columns:
+    maps as ``[{"key", "value"}]``, tuples as ``{"tuple_member_<i>"}``, blobs base64,
+    timestamps epoch ms, dates epoch days, times ns)."""
+    if value is None:
+        return None
+
+    def nested(inner: CqlType, item: object) -> Any:
+        return connector_value(inner, item, user_types, table)
+
+    name = cql.name
+    if name in ("tinyint", "smallint", "int", "bigint", "counter"):
+        return int(value)  # type: ignore[call-overload]
+    if name in ("float", "double"):
+        return float(value)  # type: ignore[arg-type]
+    if name == "boolean":
+        return bool(value)
+    if name in ("ascii", "text", "varchar"):
+        return str(value)
+    if name == "varint":
+        return str(int(value))  # type: ignore[call-overload]
+    if name == "decimal":
+        return format(Decimal(value), "f") if not isinstance(value, str) else value  # type: ignore[arg-type]
+    if name in ("uuid", "timeuuid"):
+        return str(uuid.UUID(str(value)))
+    if name == "inet":
+        return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
+    if name == "blob":
+        return base64.b64encode(bytes(value)).decode()  # type: ignore[call-overload]
+    if name == "timestamp":
+        return _epoch_ms(value)
+    if name == "date":
+        return _epoch_days(value)
+    if name == "time":
+        return _time_nanos(value)
+    if name == "duration":
+        return _duration_literal(value)
+    if name in ("list", "set"):
+        items = sorted(value, key=repr) if name == "set" and isinstance(value, set) else value
+        return [nested(cql.params[0], v) for v in items]  # type: ignore[attr-defined]
+    if name == "map":
+        return [
+            {"key": nested(cql.params[0], k), "value": nested(cql.params[1], v)}
+            for k, v in value.items()  # type: ignore[attr-defined]
+        ]
+    if name == "tuple":
+        members: Sequence[object] = value  # type: ignore[assignment]
+        return {
+            f"tuple_member_{i}": nested(p, v)
+            for i, (p, v) in enumerate(zip(cql.params, members, strict=True))
+        }
+    if name == "udt":
+        fields = user_types.get(cql.udt_name or "")
+        if fields is None:
+            raise ConfigError(f"user type {cql.udt_name!r} is not declared under user_types")
+        get = value.get if isinstance(value, Mapping) else lambda f: getattr(value, f, None)
+        return {f: nested(parse_cql_type(t), get(f)) for f, t in fields.items()}
+    raise ConfigError(f"{table}: cannot encode CQL type {cql}")
 
 
 def _dumps(document: object) -> bytes:
