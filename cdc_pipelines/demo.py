@@ -137,8 +137,9 @@ def inject_drift(
     settings: ConnectionSettings,
     source: EmulatedCdcSource,
     report: Reporter,
-) -> None:  # rows only PostgreSQL has (a stray writer), rows it lost, rows it changed
-    """Missing, extra and changed rows in the first table, none of them visible to the stream."""
+) -> None:
+    """Drift in the first table that the stream never carried: rows PostgreSQL lost, rows
+    changed behind the sink's back, and rows only PostgreSQL has (a stray writer)."""
     table = source.table
     target = sql.SQL("{}.{}").format(
         sql.Identifier(table.target_schema), sql.Identifier(table.target_table)

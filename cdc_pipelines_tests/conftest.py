@@ -8,8 +8,10 @@ needs a service it cannot reach fails with the reason; it never skips.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.settings import ENV_NAMES, ConnectionSettings
 
 INTEGRATION_DIRS = ("integration", "e2e")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -155,3 +158,16 @@ def keyspace(cql_session: object, unique_name: str) -> Iterator[str]:
     )
     yield unique_name
     cql_session.execute(f"DROP KEYSPACE IF EXISTS {unique_name}")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def instance(tmp_path: Path, postgres_dsn: str) -> Iterator[object]:
+    """A Dagster instance on the devstack's PostgreSQL, configured like ``dagster_home/``."""
+    import dagster as dg
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    dagster_instance = dg.DagsterInstance.from_config(str(home))
+    yield dagster_instance
+    dagster_instance.dispose()

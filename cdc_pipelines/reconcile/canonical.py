@@ -718,19 +718,7 @@ def _convert_each(
 
 # Driver values of these types convert to their canonical Arrow type in C (pa.array);
 # anything unexpected falls back to the checked per-value conversion below.
-_VECTORIZED_TYPES: Mapping[str, pa.DataType] = {
-    "tinyint": pa.int8(),
-    "smallint": pa.int16(),
-    "int": pa.int32(),
-    "bigint": pa.int64(),
-    "counter": pa.int64(),
-    "float": pa.float32(),
-    "double": pa.float64(),
-    "boolean": pa.bool_(),
-    "text": pa.string(),
-    "ascii": pa.string(),
-    "blob": pa.binary(),
-}
+_VECTORIZED_NAMES = frozenset({*_INTEGER_NAMES, *_FLOAT_NAMES, "boolean", "text", "ascii", "blob"})
 
 
 def _vectorized(values: Sequence[object], arrow_type: pa.DataType) -> pa.Array | None:
@@ -759,11 +747,8 @@ def _python_column(
     values: Sequence[object], column: CanonicalColumn, schema: CanonicalSchema
 ) -> pa.Array:
     name = column.cql_type.name
-    fast_type = _VECTORIZED_TYPES.get(name)
-    if fast_type is not None:
-        fast = _vectorized(
-            values, column.arrow_type if name in _INTEGER_NAMES | _FLOAT_NAMES else fast_type
-        )
+    if name in _VECTORIZED_NAMES:
+        fast = _vectorized(values, column.arrow_type)
         if fast is not None:
             return fast
     if name == "timestamp":

@@ -6,8 +6,6 @@ source expectations run on a LIMITed sample and, when they fail, block repair.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -23,18 +21,7 @@ from cdc_pipelines.quality.expectations import declared_expectations
 from cdc_pipelines.quality.sample import sample_source_rows
 from cdc_pipelines.quality.validate import validate_postgres_table
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = 50
-
-
-@pytest.fixture
-def instance(tmp_path: Path, postgres_dsn: str) -> Iterator[dg.DagsterInstance]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    instance = dg.DagsterInstance.from_config(str(home))
-    yield instance
-    instance.dispose()
 
 
 @pytest.fixture

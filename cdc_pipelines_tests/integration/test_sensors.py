@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +33,6 @@ from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag import LAG_WINDOW_SIZE
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget, LagSampler
 
-REPO = Path(__file__).resolve().parents[2]
 GOOD_JDBC_URL = "jdbc:postgresql://127.0.0.1:5432/cdc"
 CLOSED_PORT_JDBC_URL = "jdbc:postgresql://127.0.0.1:1/cdc"
 WAIT_S = 120.0
@@ -85,17 +83,6 @@ def names(declaration: PipelineConfig) -> TableNames:
 @pytest.fixture
 def defs(declaration: PipelineConfig) -> dg.Definitions:
     return build_definitions(declaration)
-
-
-@pytest.fixture
-def instance(tmp_path: Path, postgres_dsn: str) -> Iterator[dg.DagsterInstance]:
-    """A Dagster instance on the devstack's PostgreSQL, like dagster_home/ configures it."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    instance = dg.DagsterInstance.from_config(str(home))
-    yield instance
-    instance.dispose()
 
 
 @pytest.fixture
