@@ -416,10 +416,10 @@ def verify_candidates(
     from cdc_pipelines.reconcile.verify import (
         Candidate,
         CandidateKind,
-        read_source_rows,
         read_target_rows,
         verify_discrepancies,
     )
+    from cdc_pipelines.scylla.key_reads import read_source_rows
     from cdc_pipelines.scylla.session import cql_session
 
     schema = canonical_schema(config, table)

@@ -1,7 +1,8 @@
 """Lag-aware verification: re-read every discrepancy on both sides and keep only the real ones.
 
 After the sink has caught up (:func:`cdc_pipelines.kafka.offsets.wait_until_caught_up`), each
-candidate key is re-read from the source (CQL, by primary key, with ``WRITETIME``) and the
+candidate key is re-read from the source (CQL, by primary key, with ``WRITETIME``; see
+:mod:`cdc_pipelines.scylla.key_reads`) and the
 target (PostgreSQL, by primary key) and reclassified: still different → confirmed; equal or
 gone from both → resolved; written after the scan's cut-off on either side → in flight.
 
@@ -11,26 +12,22 @@ takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` 
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent_with_args
 from psycopg import sql
 
-from cdc_pipelines.config import ColumnSpec, TableSpec, Tolerances
-from cdc_pipelines.cqltypes import CqlType
+from cdc_pipelines.config import TableSpec, Tolerances
 from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.kafka.offsets import CatchUp
 from cdc_pipelines.postgres.literals import register_copy_dumpers
-from cdc_pipelines.postgres.repair import ExtraRow, plan_repair, upsert_layout, written_columns
+from cdc_pipelines.postgres.repair import ExtraRow, plan_repair, upsert_layout
 from cdc_pipelines.postgres.types import column_pg_type
 from cdc_pipelines.reconcile.canonical import (
     POSTGRES_SESSION_SETTINGS,
@@ -40,11 +37,10 @@ from cdc_pipelines.reconcile.canonical import (
     postgres_csv_options,
 )
 from cdc_pipelines.reconcile.compare import differing_columns
-from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
-from cdc_pipelines.scylla.session import quote_cql
+from cdc_pipelines.scylla.key_reads import SourceRow
 
-DEFAULT_CONCURRENCY = 32
 KEYS_TEMP_NAME = "cdc_verify_keys"
+VERIFY_CHUNK = 20_000  # keys re-read at a time: bounds memory at any drift
 POSITION_COLUMN = "_cdc_verify_position"
 TEXT_OID = 25
 BPCHAR_OID = 1042  # psycopg has no binary dumper for char(n); its binary form is text's
@@ -70,20 +66,6 @@ class Candidate:
 
     key: Key
     kind: CandidateKind
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    """A source row re-read by key, in :func:`upsert_layout` order (version last, in µs).
-
-    Timestamps are aware (UTC); ready to hand to :func:`plan_repair` as an upsert.
-    """
-
-    values: tuple[object, ...]
-
-    @property
-    def version(self) -> int:
-        return int(self.values[-1])  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -143,97 +125,6 @@ class VerificationResult:
 
 SourceReader = Callable[[Sequence[Key]], Sequence[SourceRow | None]]
 TargetReader = Callable[[Sequence[Key]], Sequence[TargetRow | None]]
-
-
-# --------------------------------------------------------------------------- source reader
-
-
-def _aware(value: object, cql: CqlType) -> object:
-    """The driver's naive timestamps are UTC; repair requires them aware."""
-    if value is None:
-        return None
-    if cql.name == "timestamp" and isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    if cql.name in ("list", "set") and cql.params[0].name == "timestamp":
-        return [_aware(v, cql.params[0]) for v in value]  # type: ignore[attr-defined]
-    return value
-
-
-def _cql_key_value(value: object) -> object:
-    # The driver binds inet from text, not from ipaddress objects.
-    if type(value).__module__ == "ipaddress":
-        return str(value)
-    return value
-
-
-def _row_values(row: object) -> list[object]:
-    if isinstance(row, Mapping):
-        return list(row.values())
-    return list(row)  # type: ignore[call-overload]
-
-
-def read_source_rows(
-    session: Session,
-    table: TableSpec,
-    keys: Sequence[Key],
-    *,
-    concurrency: int = DEFAULT_CONCURRENCY,
-) -> list[SourceRow | None]:
-    """Re-read ``keys`` from the source, one by primary key each, concurrently.
-
-    Returns one entry per key (None: the row does not exist). The version is the largest
-    ``WRITETIME`` of the row's non-key single-cell columns (``NO_VERSION`` when none is set;
-    multi-cell collections and counters have no cell write time).
-    """
-    columns: list[ColumnSpec] = list(written_columns(table))
-    keys_set = set(table.primary_key)
-    stamped = [
-        c.name
-        for c in columns
-        if c.name not in keys_set
-        and has_cell_timestamp(c.cql_type)
-        and c.cql_type.name != "counter"
-    ]
-    selected = [quote_cql(c.name) for c in columns] + [
-        f"WRITETIME({quote_cql(n)})" for n in stamped
-    ]
-    where = " AND ".join(f"{quote_cql(n)} = ?" for n in table.primary_key)
-    # CQL has no composition library: every name is quoted by quote_cql, every value bound.
-    relation = f"{quote_cql(table.keyspace)}.{quote_cql(table.table)}"
-    cql = f"SELECT {', '.join(selected)} FROM {relation} WHERE {where}"  # noqa: S608
-    for key in keys:
-        if len(key) != len(table.primary_key) or any(v is None for v in key):
-            raise ReconcileError(
-                f"table {table.source}: key {key!r} does not give every primary-key column "
-                f"({', '.join(table.primary_key)})"
-            )
-    try:
-        statement = session.prepare(cql)
-        outcomes = execute_concurrent_with_args(
-            session,
-            statement,
-            [tuple(_cql_key_value(v) for v in key) for key in keys],
-            concurrency=concurrency,
-            raise_on_first_error=True,
-        )
-    except Exception as exc:  # the driver raises many unrelated types
-        raise ServiceError(
-            f"table {table.source}: re-reading {len(keys)} keys from the source failed "
-            f"({type(exc).__name__}: {exc}); check the CQL endpoint and the declaration"
-        ) from None
-    rows: list[SourceRow | None] = []
-    width = len(columns)
-    for outcome in outcomes:
-        found = list(outcome.result_or_exc)
-        if not found:
-            rows.append(None)
-            continue
-        values = _row_values(found[0])
-        stamps = [int(s) for s in values[width:] if s is not None]  # type: ignore[call-overload]
-        version = max(stamps) if stamps else NO_VERSION
-        data = [_aware(v, c.cql_type) for v, c in zip(values[:width], columns, strict=True)]
-        rows.append(SourceRow((*data, version)))
-    return rows
 
 
 # --------------------------------------------------------------------------- target reader
@@ -412,12 +303,53 @@ def verify_discrepancies(
 
     ``cutoff_us`` is the scan's cut-off (µs since the epoch): a row whose source write time or
     target version is later was written after the scan and is in flight, not a discrepancy.
-    ``read_source``/``read_target`` re-read a list of keys (see :func:`read_source_rows` and
+    ``read_source``/``read_target`` re-read a list of keys (see
+    :func:`cdc_pipelines.scylla.key_reads.read_source_rows` and
     :func:`read_target_rows`; bind them with ``functools.partial``). Pass the ``catch_up``
     result to keep it with the verdicts.
     """
+    schema = CanonicalSchema.from_table(
+        table, version_column=version_column, tolerances=tolerances, user_types=user_types
+    )
+    verdicts = _Verdicts()
     unique = _unique(candidates)
-    keys = [c.key for c in unique]
+    for start in range(0, len(unique), VERIFY_CHUNK):
+        _verify_chunk(
+            table,
+            [c.key for c in unique[start : start + VERIFY_CHUNK]],
+            verdicts,
+            cutoff_us=cutoff_us,
+            read_source=read_source,
+            read_target=read_target,
+            schema=schema,
+            tolerances=tolerances or Tolerances(),
+            version_column=version_column,
+        )
+    return VerificationResult(
+        tuple(verdicts.confirmed), tuple(verdicts.resolved), tuple(verdicts.in_flight), catch_up
+    )
+
+
+@dataclass
+class _Verdicts:
+    confirmed: list[ConfirmedDiscrepancy] = field(default_factory=list)
+    resolved: list[Key] = field(default_factory=list)
+    in_flight: list[Key] = field(default_factory=list)
+
+
+def _verify_chunk(
+    table: TableSpec,
+    keys: list[Key],
+    verdicts: _Verdicts,
+    *,
+    cutoff_us: int,
+    read_source: SourceReader,
+    read_target: TargetReader,
+    schema: CanonicalSchema,
+    tolerances: Tolerances,
+    version_column: str,
+) -> None:
+    """Re-read one chunk of keys on both sides; memory stays bounded by the chunk."""
     sources = list(read_source(keys))
     targets = list(read_target(keys))
     if len(sources) != len(keys) or len(targets) != len(keys):
@@ -425,9 +357,6 @@ def verify_discrepancies(
             f"table {table.source}: a reader returned {len(sources)}/{len(targets)} rows for "
             f"{len(keys)} keys; readers must return one entry (or None) per key"
         )
-    schema = CanonicalSchema.from_table(
-        table, version_column=version_column, tolerances=tolerances, user_types=user_types
-    )
     both = [
         i
         for i, (s, t) in enumerate(zip(sources, targets, strict=True))
@@ -440,15 +369,13 @@ def verify_discrepancies(
                 [(sources[i], targets[i]) for i in both],  # type: ignore[misc]
                 table,
                 schema,
-                tolerances or Tolerances(),
+                tolerances,
                 version_column,
             ),
             strict=True,
         )
     )
-    confirmed: list[ConfirmedDiscrepancy] = []
-    resolved: list[Key] = []
-    in_flight: list[Key] = []
+    confirmed, resolved, in_flight = verdicts.confirmed, verdicts.resolved, verdicts.in_flight
     for i, key in enumerate(keys):
         source, target = sources[i], targets[i]
         target_version = target.version if target is not None else None
@@ -468,4 +395,3 @@ def verify_discrepancies(
             )
         else:
             resolved.append(key)
-    return VerificationResult(tuple(confirmed), tuple(resolved), tuple(in_flight), catch_up)

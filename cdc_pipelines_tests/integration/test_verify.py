@@ -35,13 +35,14 @@ from cdc_pipelines.kafka.offsets import (
 from cdc_pipelines.postgres.audit import AuditTables
 from cdc_pipelines.postgres.ddl import create_statements
 from cdc_pipelines.postgres.repair import apply_repair, plan_repair, upsert_layout
+from cdc_pipelines.reconcile import verify
 from cdc_pipelines.reconcile.verify import (
     Candidate,
     CandidateKind,
-    read_source_rows,
     read_target_rows,
     verify_discrepancies,
 )
+from cdc_pipelines.scylla.key_reads import read_source_rows
 from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines_tests.declarations import all_types_declaration
 
@@ -239,16 +240,28 @@ def target_update(dsn: str, table: TableSpec, i: int, assignments: str, *params:
         )
 
 
+@pytest.mark.parametrize("chunk", [verify.VERIFY_CHUNK, 3])
 def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
-    cql_session: Any, keyspace: str, orders: TableSpec, postgres_dsn: str, audit: AuditTables
+    cql_session: Any,
+    keyspace: str,
+    orders: TableSpec,
+    postgres_dsn: str,
+    audit: AuditTables,
+    chunk: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(verify, "VERIFY_CHUNK", chunk)
     for i in (1, 2, 3, 7, 8):
         write_source(cql_session, keyspace, i, T0)
     cql_session.execute(
         f"UPDATE {keyspace}.orders USING TIMESTAMP {T0 + 10} SET name = 'renamed' WHERE id = 1 AND ck = $$ck'1$$"
     )
     write_source(cql_session, keyspace, 4, T0 + 5_000)  # written after the scan's cut-off
-    read_source = partial(read_source_rows, cql_session, orders)
+    asked: list[int] = []
+
+    def read_source(keys: Any) -> Any:
+        asked.append(len(keys))
+        return read_source_rows(cql_session, orders, keys)
 
     with psycopg.connect(postgres_dsn) as conn:
         read_target = partial(read_target_rows, conn, orders, version_column=VERSION)
@@ -291,6 +304,7 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
             tolerances=orders.tolerances,
         )
 
+        assert asked[1:] == ([3, 3, 2] if chunk == 3 else [8])  # 8 distinct keys, in chunks
         kinds = {c.key[0]: c.kind for c in result.confirmed}
         assert kinds == {
             1: CandidateKind.MISSING,

@@ -1,0 +1,315 @@
+"""Re-reading source rows by primary key, batched where CQL allows it.
+
+One request per key is cheap for the client and expensive for the server: every request
+pays the coordinator's fixed cost. Where the keys differ in one column that CQL lets us
+restrict with ``IN`` (a partition-key column, or the last clustering column) and agree on
+the others, a single ``… AND col IN ?`` request reads up to :data:`IN_BATCH` of them.
+Rows coming back are matched to the keys asked for by that one column's value, compared
+exactly (see :func:`match_value`); keys whose column cannot be compared exactly are read
+one by one, as before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.util import Date
+
+from cdc_pipelines.config import ColumnSpec, TableSpec
+from cdc_pipelines.cqltypes import CqlType
+from cdc_pipelines.errors import ReconcileError, ServiceError
+from cdc_pipelines.postgres.repair import written_columns
+from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
+from cdc_pipelines.scylla.session import quote_cql
+
+DEFAULT_CONCURRENCY = 32
+IN_CONCURRENCY = 8
+IN_BATCH = 100
+INTEGER_TYPES = frozenset({"bigint", "int", "smallint", "tinyint", "varint"})
+TEXT_TYPES = frozenset({"text", "ascii", "varchar"})
+BATCHABLE_TYPES = (
+    INTEGER_TYPES
+    | TEXT_TYPES
+    | {
+        "uuid",
+        "timeuuid",
+        "blob",
+        "boolean",
+        "inet",
+        "date",
+        "timestamp",
+    }
+)
+EPOCH = dt.datetime(1970, 1, 1)
+EPOCH_DATE = dt.date(1970, 1, 1)
+MS = 1000
+
+Key = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """A source row re-read by key, in ``upsert_layout`` order (version last, in µs).
+
+    Timestamps are aware (UTC); ready to hand to ``plan_repair`` as an upsert.
+    """
+
+    values: tuple[object, ...]
+
+    @property
+    def version(self) -> int:
+        return int(self.values[-1])  # type: ignore[call-overload]
+
+
+class NotExact(ValueError):
+    """The value cannot be matched exactly against what the server returns."""
+
+
+def _utc_naive(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _micros(value: dt.datetime) -> int:
+    delta = _utc_naive(value) - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def match_value(value: object, cql: CqlType, *, returned: bool = False) -> object:
+    """``value`` in a form where a key asked for and the row the server returns compare equal.
+
+    ``returned`` marks a value read back from the driver: its timestamps are whole
+    milliseconds, rounded to the nearest µs by the driver's float arithmetic. A value asked
+    for that the server would store or compare differently (a timestamp below the
+    millisecond, an IPv4-mapped IPv6 address, a type the driver hands back in another shape)
+    raises :class:`NotExact`.
+    """
+    name = cql.name
+    if name in INTEGER_TYPES and isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    if name in TEXT_TYPES and isinstance(value, str):
+        return value
+    if name in ("uuid", "timeuuid") and isinstance(value, uuid.UUID):
+        return value
+    if name == "blob" and isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if name == "boolean" and isinstance(value, bool):
+        return value
+    if name == "inet" and isinstance(value, str | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        address = ipaddress.ip_address(str(value))
+        # The server compares an IPv4-mapped IPv6 address equal to the IPv4 one and folds
+        # them into one IN entry, though they are two keys.
+        if returned or not (isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped):
+            return address
+    if name == "date":
+        if isinstance(value, Date):
+            return int(value.days_from_epoch)
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return (value - EPOCH_DATE).days
+    if name == "timestamp" and isinstance(value, dt.datetime):
+        micros = _micros(value)
+        if returned:
+            return (micros + MS // 2) // MS
+        if micros % MS == 0:
+            return micros // MS
+    raise NotExact(f"{cql} value {value!r}")
+
+
+def cql_key_value(value: object) -> object:
+    """A key value as the driver binds it (it binds inet from text, not ipaddress objects)."""
+    if type(value).__module__ == "ipaddress":
+        return str(value)
+    return value
+
+
+def _aware(value: object, cql: CqlType) -> object:
+    """The driver's naive timestamps are UTC; repair requires them aware."""
+    if value is None:
+        return None
+    if cql.name == "timestamp" and isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    if cql.name in ("list", "set") and cql.params[0].name == "timestamp":
+        return [_aware(v, cql.params[0]) for v in value]  # type: ignore[attr-defined]
+    return value
+
+
+def _row_values(row: object) -> list[object]:
+    if isinstance(row, Mapping):
+        return list(row.values())
+    return list(row)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which key column varies in the ``IN`` requests, and the keys each request reads."""
+
+    varying: int
+    groups: dict[tuple[str, ...], list[int]]  # other columns' values (by repr) → key indexes
+    singles: list[int]  # keys read one by one
+
+
+def _varying_positions(table: TableSpec) -> list[int]:
+    """Key columns CQL lets an ``IN`` restrict while the others are fixed by ``=``."""
+    positions = list(range(len(table.partition_key)))
+    if table.clustering_key:
+        positions.append(len(table.primary_key) - 1)
+    types = [table.column(n).cql_type for n in table.primary_key]
+    return [p for p in positions if types[p].name in BATCHABLE_TYPES]
+
+
+def _plan(table: TableSpec, keys: Sequence[Key]) -> _Plan | None:
+    types = [table.column(n).cql_type for n in table.primary_key]
+    best: _Plan | None = None
+    for varying in _varying_positions(table):
+        groups: dict[tuple[str, ...], list[int]] = {}
+        singles: list[int] = []
+        for index, key in enumerate(keys):
+            try:
+                match_value(cql_key_value(key[varying]), types[varying])
+            except NotExact:
+                singles.append(index)
+                continue
+            others = tuple(repr(v) for i, v in enumerate(key) if i != varying)
+            groups.setdefault(others, []).append(index)
+        plan = _Plan(varying, groups, singles)
+        if best is None or _requests(plan) < _requests(best):
+            best = plan
+    return best
+
+
+def _requests(plan: _Plan) -> int:
+    return len(plan.singles) + sum(-(-len(g) // IN_BATCH) for g in plan.groups.values())
+
+
+class _Statements:
+    def __init__(self, table: TableSpec) -> None:
+        self.table = table
+        self.columns: list[ColumnSpec] = list(written_columns(table))
+        keys = set(table.primary_key)
+        stamped = [
+            c.name
+            for c in self.columns
+            if c.name not in keys
+            and has_cell_timestamp(c.cql_type)
+            and c.cql_type.name != "counter"
+        ]
+        selected = [quote_cql(c.name) for c in self.columns] + [
+            f"WRITETIME({quote_cql(n)})" for n in stamped
+        ]
+        # CQL has no composition library: every name is quoted by quote_cql, every value bound.
+        relation = f"{quote_cql(table.keyspace)}.{quote_cql(table.table)}"
+        self.select = f"SELECT {', '.join(selected)} FROM {relation} WHERE "
+        self.positions = {c.name: i for i, c in enumerate(self.columns)}
+
+    def point(self) -> str:
+        return self.select + " AND ".join(f"{quote_cql(n)} = ?" for n in self.table.primary_key)
+
+    def batched(self, varying: int) -> str:
+        return self.select + " AND ".join(
+            f"{quote_cql(n)} IN ?" if i == varying else f"{quote_cql(n)} = ?"
+            for i, n in enumerate(self.table.primary_key)
+        )
+
+    def source_row(self, row: object) -> SourceRow:
+        values = _row_values(row)
+        width = len(self.columns)
+        stamps = [int(s) for s in values[width:] if s is not None]  # type: ignore[call-overload]
+        version = max(stamps) if stamps else NO_VERSION
+        data = [_aware(v, c.cql_type) for v, c in zip(values[:width], self.columns, strict=True)]
+        return SourceRow((*data, version))
+
+
+def _execute(session: Session, cql: str, arguments: list[tuple[Any, ...]], concurrency: int) -> Any:
+    if not arguments:
+        return []
+    statement = session.prepare(cql)
+    return execute_concurrent_with_args(
+        session, statement, arguments, concurrency=concurrency, raise_on_first_error=True
+    )
+
+
+def read_source_rows(
+    session: Session,
+    table: TableSpec,
+    keys: Sequence[Key],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> list[SourceRow | None]:
+    """Re-read ``keys`` from the source; one entry per key (None: the row does not exist).
+
+    The version is the largest ``WRITETIME`` of the row's non-key single-cell columns
+    (``NO_VERSION`` when none is set; multi-cell collections and counters have no cell write
+    time).
+    """
+    for key in keys:
+        if len(key) != len(table.primary_key) or any(v is None for v in key):
+            raise ReconcileError(
+                f"table {table.source}: key {key!r} does not give every primary-key column "
+                f"({', '.join(table.primary_key)})"
+            )
+    statements = _Statements(table)
+    plan = _plan(table, keys)
+    singles = list(range(len(keys))) if plan is None else plan.singles
+    rows: list[SourceRow | None] = [None] * len(keys)
+    try:
+        if plan is not None and plan.groups:
+            _read_batched(session, statements, plan, keys, rows)
+        outcomes = _execute(
+            session,
+            statements.point(),
+            [tuple(cql_key_value(v) for v in keys[i]) for i in singles],
+            concurrency,
+        )
+        for index, outcome in zip(singles, outcomes, strict=True):
+            found = list(outcome.result_or_exc)
+            rows[index] = statements.source_row(found[0]) if found else None
+    except Exception as exc:  # the driver raises many unrelated types
+        raise ServiceError(
+            f"table {table.source}: re-reading {len(keys)} keys from the source failed "
+            f"({type(exc).__name__}: {exc}); check the CQL endpoint and the declaration"
+        ) from None
+    return rows
+
+
+def _read_batched(
+    session: Session,
+    statements: _Statements,
+    plan: _Plan,
+    keys: Sequence[Key],
+    rows: list[SourceRow | None],
+) -> None:
+    table = statements.table
+    varying = plan.varying
+    cql = table.column(table.primary_key[varying]).cql_type
+    requests: list[tuple[Any, ...]] = []
+    wanted: list[dict[object, list[int]]] = []
+    for indexes in plan.groups.values():
+        for start in range(0, len(indexes), IN_BATCH):
+            chunk = indexes[start : start + IN_BATCH]
+            by_value: dict[object, list[int]] = {}
+            values: list[object] = []
+            for index in chunk:
+                value = cql_key_value(keys[index][varying])
+                matched = match_value(value, cql)
+                if matched not in by_value:
+                    values.append(value)
+                by_value.setdefault(matched, []).append(index)
+            fixed = [cql_key_value(v) for i, v in enumerate(keys[chunk[0]]) if i != varying]
+            requests.append((*fixed[:varying], values, *fixed[varying:]))
+            wanted.append(by_value)
+    position = statements.positions[table.primary_key[varying]]
+    outcomes = _execute(session, statements.batched(varying), requests, IN_CONCURRENCY)
+    for by_value, outcome in zip(wanted, outcomes, strict=True):
+        for found in outcome.result_or_exc:
+            row = statements.source_row(found)
+            matched = match_value(row.values[position], cql, returned=True)
+            for index in by_value.get(matched, ()):
+                rows[index] = row
