@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import psycopg
 import pyarrow as pa
@@ -37,12 +39,15 @@ from cdc_pipelines.reconcile.canonical import (
     from_postgres_text,
     postgres_csv_options,
 )
-from cdc_pipelines.reconcile.rowhash import with_row_hash
+from cdc_pipelines.reconcile.rowhash import hash_connection, with_row_hash
 from cdc_pipelines.scylla.slices import slice_id, slice_indices
 from cdc_pipelines.scylla.tokens import partition_tokens
 
 TOKEN_COLUMN = "_token"
 CSV_BLOCK_SIZE = 8 << 20
+READ_AHEAD = 2  # parsed CSV blocks waiting for the indexing thread
+
+T = TypeVar("T")
 MANIFEST = "manifest.json"
 
 
@@ -103,12 +108,88 @@ class _CopyStream(io.RawIOBase):
         return size
 
 
-def _selected(table: TableSpec, name: str) -> sql.Composable:
-    """A column as the canonical reader expects it: arrays as JSON text, the rest as stored."""
+def numeric_text_columns(table: TableSpec) -> frozenset[str]:
+    """Decimal and varint columns stored as ``numeric``: :func:`select_expression` reads them
+    as canonical text already (see ``from_postgres_text``'s ``numeric_text``)."""
+    return frozenset(
+        c.name
+        for c in table.replicated_columns
+        if c.cql_type.name in ("decimal", "varint") and column_pg_type(table, c).sql == "numeric"
+    )
+
+
+def select_expression(
+    table: TableSpec, name: str, alias: sql.Identifier | None = None
+) -> sql.Composable:
+    """A target column as the canonical reader expects it.
+
+    Arrays come as JSON text. ``numeric`` decimals come through ``trim_scale`` (the canonical
+    form drops a compared decimal's scale; a key keeps it) and varints too, so PostgreSQL's
+    output needs no client-side normalization. Everything else comes as stored.
+    """
+    column: sql.Composable = (
+        sql.Identifier(name)
+        if alias is None
+        else sql.SQL("{}.{}").format(alias, sql.Identifier(name))
+    )
     declared = {c.name for c in table.columns}
-    if name in declared and column_pg_type(table, table.column(name)).sql.endswith("[]"):
-        return sql.SQL("to_json({})").format(sql.Identifier(name))
-    return sql.Identifier(name)
+    if name not in declared:
+        return column
+    spec = table.column(name)
+    if column_pg_type(table, spec).sql.endswith("[]"):
+        return sql.SQL("to_json({})").format(column)
+    if name in numeric_text_columns(table) and (
+        spec.cql_type.name == "varint" or name not in table.primary_key
+    ):
+        return sql.SQL("trim_scale({})").format(column)
+    return column
+
+
+def _read_ahead(batches: Iterable[T], depth: int = READ_AHEAD) -> Iterator[T]:
+    """``batches``, produced by a background thread up to ``depth`` ahead.
+
+    Parsing the next CSV block (pyarrow, without the GIL) and draining psql's pipe then
+    overlap with canonicalizing, hashing and writing this one; otherwise psql and the
+    server stall whenever the 64 KiB pipe is full. An error in the producer is re-raised here;
+    leaving early stops the producer.
+    """
+    handoff: queue.Queue[tuple[str, object]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not put(("batch", batch)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+            return
+        put(("done", None))
+
+    producer = threading.Thread(target=produce, name="target-index-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "done":
+                producer.join()
+                return
+            if kind == "error":
+                raise item  # type: ignore[misc]
+            yield item  # type: ignore[misc]
+    finally:
+        # On an early exit the producer stops at its next batch, or when the stream it
+        # reads is closed by the caller; it is not waited for.
+        stop.set()
 
 
 @contextmanager
@@ -148,7 +229,7 @@ def _copy_output(
 
 
 def copy_query(table: TableSpec, schema: CanonicalSchema) -> sql.Composed:
-    columns = sql.SQL(", ").join(_selected(table, name) for name in schema.column_names)
+    columns = sql.SQL(", ").join(select_expression(table, name) for name in schema.column_names)
     return sql.SQL("COPY (SELECT {} FROM {}.{}) TO STDOUT (FORMAT CSV)").format(
         columns, sql.Identifier(table.target_schema), sql.Identifier(table.target_table)
     )
@@ -181,12 +262,21 @@ def build_target_index(
     user_types = {name: fields for name, fields in schema.user_types}
     names = list(schema.column_names)
     query = copy_query(table, schema)
+    numeric_text = numeric_text_columns(table)
     try:
-        with _copy_output(conn, query, dsn) as stream:
-            reader = pa_csv.open_csv(stream, **postgres_csv_options(names, CSV_BLOCK_SIZE))
-            for batch in reader:
-                canonical = from_postgres_text(pa.Table.from_batches([batch]), schema)
-                hashed = with_row_hash(canonical, schema)
+        with closing(hash_connection()) as hashing, _copy_output(conn, query, dsn) as stream:
+            # An empty table gives no bytes at all, which pyarrow's reader refuses.
+            empty = not stream.peek(1)  # type: ignore[attr-defined]
+            reader = (
+                iter(())
+                if empty
+                else pa_csv.open_csv(stream, **postgres_csv_options(names, CSV_BLOCK_SIZE))
+            )
+            for batch in _read_ahead(reader):
+                canonical = from_postgres_text(
+                    pa.Table.from_batches([batch]), schema, numeric_text=numeric_text
+                )
+                hashed = with_row_hash(canonical, schema, hashing)
                 tokens = partition_tokens(hashed, key_columns, user_types)
                 indexed = hashed.append_column(TOKEN_COLUMN, tokens)
                 slices = slice_indices(tokens, slice_count)

@@ -92,7 +92,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -1076,8 +1076,16 @@ def _text_column(values: pa.Array, column: CanonicalColumn, schema: CanonicalSch
     raise ReconcileError(f"column {column.name!r}: CQL type {column.cql_type} is not supported")
 
 
-def from_postgres_text(table: pa.Table, schema: CanonicalSchema) -> pa.Table:
-    """A canonical table from PostgreSQL text columns (all ``string``, NULL ≠ '')."""
+def from_postgres_text(
+    table: pa.Table, schema: CanonicalSchema, *, numeric_text: Collection[str] = ()
+) -> pa.Table:
+    """A canonical table from PostgreSQL text columns (all ``string``, NULL ≠ '').
+
+    ``numeric_text`` names decimal/varint columns read from ``numeric`` through
+    ``trim_scale`` (a decimal key without it): PostgreSQL prints those in canonical plain
+    notation, so they are only checked for ``NaN``/``Infinity`` (and a varint for a
+    fraction) instead of normalized.
+    """
     missing = [n for n in schema.column_names if n not in table.column_names]
     if missing:
         raise ReconcileError(
@@ -1095,10 +1103,35 @@ def from_postgres_text(table: pa.Table, schema: CanonicalSchema) -> pa.Table:
         values = values.cast(pa.string())
         if column.role == ColumnRole.VERSION:
             chunks = [_version_from_text(chunk, schema) for chunk in values.chunks]
+        elif column.name in numeric_text and column.cql_type.name in ("decimal", "varint"):
+            chunks = [_numeric_text_column(chunk, column) for chunk in values.chunks]
         else:
             chunks = [_text_column(chunk, column, schema) for chunk in values.chunks]
         arrays.append(pa.chunked_array(chunks, column.arrow_type))
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema)
+
+
+_NUMERIC_SPECIALS = pa.array(["NaN", "Infinity", "-Infinity"])
+
+
+def _numeric_text_column(values: pa.Array, column: CanonicalColumn) -> pa.Array:
+    """PostgreSQL's own numeric output: already canonical, unless not a finite number."""
+    special = pc.is_in(values, value_set=_NUMERIC_SPECIALS)
+    if pc.any(special).as_py():
+        sample = values.filter(special)[0].as_py()
+        raise ReconcileError(
+            f"column {column.name!r} ({column.cql_type}): {sample!r} is not a finite number "
+            "(Cassandra has no NaN or infinite decimal); repair or delete that target row"
+        )
+    if column.cql_type.name == "varint":
+        fraction = pc.fill_null(pc.match_substring(values, "."), False)
+        if pc.any(fraction).as_py():
+            sample = values.filter(fraction)[0].as_py()
+            raise ReconcileError(
+                f"column {column.name!r} (varint): {sample!r} is not an integer; "
+                "check the target column type against the declaration"
+            )
+    return values
 
 
 def _version_from_text(values: pa.Array, schema: CanonicalSchema) -> pa.Array:

@@ -45,6 +45,15 @@ def row_hash_sql(column_count: int) -> str:
     return f"hash({', '.join(f'c{i}' for i in range(column_count))})"
 
 
+def hash_connection(threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to pass to :func:`row_hashes` for many batches (connecting costs
+    about as much as hashing 100k rows); close it when done."""
+    connection = duckdb.connect()
+    if threads is not None:
+        connection.execute(f"SET threads = {int(threads)}")
+    return connection
+
+
 def row_hashes(
     table: pa.Table,
     schema: CanonicalSchema,

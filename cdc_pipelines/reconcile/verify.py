@@ -28,7 +28,7 @@ from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.kafka.offsets import CatchUp
 from cdc_pipelines.postgres.literals import register_copy_dumpers
 from cdc_pipelines.postgres.repair import ExtraRow, plan_repair, upsert_layout
-from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.postgres.target_index import numeric_text_columns, select_expression
 from cdc_pipelines.reconcile.canonical import (
     POSTGRES_SESSION_SETTINGS,
     CanonicalSchema,
@@ -137,16 +137,6 @@ def _position_column(table: TableSpec) -> str:
     return name
 
 
-def _selected(table: TableSpec, alias: sql.Identifier, name: str) -> sql.Composable:
-    """A column as the canonical reader expects it (as the target index reads it): arrays as
-    JSON text, everything else as stored."""
-    column = sql.SQL("{}.{}").format(alias, sql.Identifier(name))
-    declared = {c.name for c in table.columns}
-    if name in declared and column_pg_type(table, table.column(name)).sql.endswith("[]"):
-        return sql.SQL("to_json({})").format(column)
-    return column
-
-
 def read_target_rows(
     conn: psycopg.Connection[Any],
     table: TableSpec,
@@ -178,7 +168,7 @@ def read_target_rows(
         sql.SQL("{}.{} = {}.{}").format(t, sql.Identifier(n), k, sql.Identifier(n))
         for n in table.primary_key
     )
-    selected = sql.SQL(", ").join(_selected(table, t, n) for n in schema.column_names)
+    selected = sql.SQL(", ").join(select_expression(table, n, t) for n in schema.column_names)
     read = sql.SQL(
         "COPY (SELECT {k}.{position}, {selected} FROM {temp} AS {k} JOIN {target} AS {t} "
         "ON {match} ORDER BY 1) TO STDOUT (FORMAT CSV)"
@@ -225,21 +215,23 @@ def read_target_rows(
         raise ServiceError(
             f"table {table.target}: re-reading {len(keys)} keys from the target failed: {exc}"
         ) from None
-    found = dict(_parse_target_csv(bytes(data), position, schema))
+    found = dict(_parse_target_csv(bytes(data), position, schema, numeric_text_columns(table)))
     by_unique = [TargetRow(found[n]) if n in found else None for n in range(len(unique_keys))]
     unique_number = {i: n for n, i in enumerate(i for i, keep in enumerate(distinct) if keep)}
     return [by_unique[unique_number[first[_identity(k)]]] for k in keys]
 
 
 def _parse_target_csv(
-    data: bytes, position: str, schema: CanonicalSchema
+    data: bytes, position: str, schema: CanonicalSchema, numeric_text: frozenset[str]
 ) -> list[tuple[int, pa.Table]]:
     if not data:
         return []
     names = [position, *schema.column_names]
     table = pa_csv.read_csv(pa.BufferReader(data), **postgres_csv_options(names))
     positions = [int(p) for p in table.column(position).to_pylist()]
-    canonical = from_postgres_text(table.drop_columns([position]), schema).combine_chunks()
+    canonical = from_postgres_text(
+        table.drop_columns([position]), schema, numeric_text=numeric_text
+    ).combine_chunks()
     return [(p, canonical.slice(i, 1)) for i, p in enumerate(positions)]
 
 
