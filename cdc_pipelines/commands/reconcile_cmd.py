@@ -18,6 +18,7 @@ from cdc_pipelines.commands.common import (
     say,
     settings,
 )
+from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.reconcile.engine import DEFAULT_SCRATCH_DIR, ReconcileOptions, run_reconciliation
 from cdc_pipelines.reconcile.progress import SliceProgress
 
@@ -41,7 +42,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--scratch", metavar="DIR", default=str(DEFAULT_SCRATCH_DIR), help="scratch directory"
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="slices read in parallel processes (default 2)"
+        "--workers",
+        type=int,
+        default=2,
+        help="slices read in parallel processes, and connections applying repair batches "
+        "(default 2)",
+    )
+    parser.add_argument(
+        "--audit",
+        choices=[d.value for d in AuditDetail],
+        default=AuditDetail.KEYS.value,
+        help="repair audit: 'keys' records every key's action (default); 'exceptions' records "
+        "deletes and skipped keys per key and upserts as counts per batch (about 1.5x faster)",
     )
     parser.add_argument(
         "--settle-seconds",
@@ -65,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         repair=bool(args.repair),
         workers=max(1, args.workers),
         settle_seconds=args.settle_seconds,
+        audit_detail=AuditDetail(args.audit),
     )
     progress = SliceProgress(config.slices_for(table), stream=sys.stderr)
     report = run_reconciliation(config, table, settings(), options, progress=progress)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
 from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import (
     RepairOutcome,
     RepairPlan,
@@ -101,6 +102,7 @@ class ReconcileReport:
     verification: str = "not run"
     skipped_newer: int = 0
     remaining: int = 0
+    run_id: str | None = None  # names the repair script, the Parquet file and the audit rows
 
     @property
     def confirmed(self) -> int:
@@ -235,9 +237,10 @@ class ReconcileOptions:
 
     scratch: Path = DEFAULT_SCRATCH_DIR
     repair: bool = False
-    workers: int = 2
+    workers: int = 2  # slice processes, and connections applying repair batches
     settle_seconds: float = 5.0
     verify_timeout_s: float = 120.0
+    audit_detail: AuditDetail = AuditDetail.KEYS
 
 
 class _Progress(Protocol):
@@ -336,6 +339,7 @@ def run_reconciliation(
     summarize(report, verification)
     directory = table_scratch(options.scratch, table)
     run_id = new_run_id()
+    report.run_id = run_id
     report.discrepancies_path = str(
         write_confirmed(directory / f"discrepancies-{run_id}.parquet", verification)
     )
@@ -347,8 +351,7 @@ def run_reconciliation(
         progress.phase(
             f"{table.target}: repairing {plan.upsert_count} upsert(s), {plan.delete_count} delete(s)"
         )
-        with psycopg.connect(settings.postgres_dsn) as conn:
-            applied = apply_repair(conn, plan, run_id)
+        applied = _apply_with_workers(settings, plan, run_id, options)
         report.repaired = {"upserted": applied.upserted, "deleted": applied.deleted}
         report.skipped_newer = applied.skipped_newer
         settled = applied.upserted + applied.deleted + applied.skipped_newer
@@ -458,6 +461,23 @@ def verify_candidates(
             tolerances=config.tolerances_for(table),
             user_types=config.user_types,
             catch_up=catch_up,
+        )
+
+
+def _apply_with_workers(
+    settings: ConnectionSettings, plan: RepairPlan, run_id: str, options: ReconcileOptions
+) -> RepairOutcome:
+    """Apply on ``options.workers`` connections (batches hold disjoint keys)."""
+    if options.workers <= 1:
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            return apply_repair(conn, plan, run_id, audit_detail=options.audit_detail)
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(
+        settings.postgres_dsn, min_size=options.workers, max_size=options.workers, open=True
+    ) as pool:
+        return apply_repair(
+            pool, plan, run_id, audit_detail=options.audit_detail, workers=options.workers
         )
 
 

@@ -45,6 +45,7 @@ CQLSH_VERSION = "6.2.2"
 DRIFT_EVERY = 50  # 2%
 SEED_CHUNK = 20_000
 SEED_BATCH = 100
+READ_REPEATS = 3
 EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -241,9 +242,16 @@ def main() -> None:
 
     cqlsh_s = cqlsh_copy(name, settings)
     scan_s, scanned = timed(source_scan, config, settings)
-    psql_s = psql_copy(name, settings)
+    # The two target reads take about a second each and vary by ±20% on two shared cores:
+    # best of READ_REPEATS each, alternating.
+    psql_runs, index_runs = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        index_s, _ = timed(build_index, config, config.tables[0], settings, Path(scratch))
+        for _ in range(READ_REPEATS):
+            psql_runs.append(psql_copy(name, settings))
+            index_runs.append(
+                timed(build_index, config, config.tables[0], settings, Path(scratch))[0]
+            )
+        psql_s, index_s = min(psql_runs), min(index_runs)
         wall_s, peak_kib, outcome = whole_run_in_child(config, scratch)
     target_rows = args.rows - args.rows // DRIFT_EVERY + args.rows // (DRIFT_EVERY * 2)
     bare = max(cqlsh_s, psql_s)

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from cdc_pipelines.postgres.audit import AuditTables
 from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation
 from cdc_pipelines.scylla.emulated_source import now_us
 from cdc_pipelines_tests.e2e.conftest import ROWS
@@ -161,9 +162,25 @@ def test_the_reconcile_command_reports_json_and_exits_by_outcome(
     assert (report["missing"], report["repaired"]) == (1, {"upserted": 0, "deleted": 0})
     assert "slice" in dry.stderr  # progress per slice
 
-    fixed = subprocess.run([*base, "--repair"], capture_output=True, text=True)
+    fixed = subprocess.run(
+        [*base, "--repair", "--audit", "exceptions", "--workers", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert fixed.returncode == 0, fixed.stderr
-    assert json.loads(fixed.stdout)["repaired"]["upserted"] == 1
+    repaired = json.loads(fixed.stdout)
+    assert repaired["repaired"]["upserted"] == 1
+    with psycopg.connect(postgres_dsn) as conn:
+        audit = AuditTables()
+        actions = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE run_id = %s").format(audit.actions),
+            (repaired["run_id"],),
+        ).fetchone()
+        upserted = conn.execute(
+            sql.SQL("SELECT sum(upserted) FROM {} WHERE run_id = %s").format(audit.batches),
+            (repaired["run_id"],),
+        ).fetchone()
+    assert actions == (0,) and upserted == (1,)  # upserts counted per batch, not per key
 
     unknown = subprocess.run(
         [*base[:4], "nope.table", "--config", str(declaration)], capture_output=True, text=True
