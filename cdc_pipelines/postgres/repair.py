@@ -681,16 +681,22 @@ class _Batch:
     fingerprint: str
 
 
-def _batches(plan: RepairPlan, batch_size: int) -> list[_Batch]:
-    """Upsert batches, then delete batches; each fingerprinted by plan digest, size and place."""
+def _batches(plan: RepairPlan, batch_size: int, first: int = 0) -> list[_Batch]:
+    """Upsert batches, then delete batches, numbered from ``first``; each fingerprinted by
+    plan digest, size and place."""
     batches: list[_Batch] = []
     for kind, rows in ((BatchKind.UPSERT, plan.upserts), (BatchKind.DELETE, plan.deletes)):
         for start in range(0, len(rows), batch_size):
-            number = len(batches)
+            number = first + len(batches)
             place = f"{plan.digest}/{kind.value}/{batch_size}/{number}"
             fingerprint = hashlib.sha256(place.encode()).hexdigest()[:FINGERPRINT_CHARS]
             batches.append(_Batch(number, kind, rows[start : start + batch_size], fingerprint))
     return batches
+
+
+def batch_count(plan: RepairPlan, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """How many batches :func:`apply_repair` splits ``plan`` into."""
+    return -(-plan.upsert_count // batch_size) + -(-plan.delete_count // batch_size)
 
 
 def _key_json(alias: sql.Identifier, plan: RepairPlan) -> sql.Composable:
@@ -1019,10 +1025,13 @@ def apply_repair(
     on_batch: BatchHook | None = None,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    first_batch: int = 0,
 ) -> RepairOutcome:
     """Apply a plan in batches of ``batch_size`` rows, each batch one audited transaction.
 
-    Upsert batches come first, then delete batches, numbered from 0. A batch already recorded
+    Upsert batches come first, then delete batches, numbered from ``first_batch`` (several
+    plans can share one run id when each starts after the last one's batches; see
+    :func:`batch_count`). A batch already recorded
     for ``run_id`` (default: the plan's) is skipped, so rerunning after a crash resumes; the
     rerun must use the same plan and ``batch_size``. ``workers`` > 1 (a pool is needed) applies
     that many batches at once on separate connections; batches hold disjoint keys, so they
@@ -1041,7 +1050,9 @@ def apply_repair(
             "with at least that many connections for parallel batches"
         )
     audit_tables = audit or AuditTables()
-    batches = _batches(plan, batch_size)
+    if first_batch < 0:
+        raise ReconcileError(f"first_batch must be at least 0, got {first_batch}")
+    batches = _batches(plan, batch_size, first_batch)
 
     def prepare(conn: psycopg.Connection[Any]) -> _ApplySettings:
         try:
@@ -1056,7 +1067,7 @@ def apply_repair(
             run_id=run_id,
             audit_tables=audit_tables,
             types=types,
-            total_batches=len(batches),
+            total_batches=first_batch + len(batches),
             lock_timeout_ms=lock_timeout_ms,
             on_batch=on_batch,
             audit_detail=audit_detail,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pyarrow as pa
@@ -26,6 +28,7 @@ from cdc_pipelines.postgres.repair import (
     RepairOutcome,
     RepairPlan,
     apply_repair,
+    batch_count,
     new_run_id,
     plan_repair,
 )
@@ -35,6 +38,9 @@ from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.keys import driver_keys
 from cdc_pipelines.reconcile.verify import VerificationResult
 from cdc_pipelines.settings import ConnectionSettings
+
+if TYPE_CHECKING:
+    from cdc_pipelines.kafka.offsets import CatchUp
 
 DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
 SLICE_RESULT_SUFFIX = ".result.json"
@@ -333,32 +339,56 @@ def run_reconciliation(
         report.source_rows += outcome.source_rows
         report.target_rows += outcome.target_rows
         report.slices.append(asdict(outcome))
-    candidates = [read_candidates(Path(o.candidates_path)) for o in outcomes]
-    progress.phase(f"{table.source}: verifying {sum(c.num_rows for c in candidates)} candidate(s)")
-    verification = verify_candidates(config, table, settings, candidates, scan, options)
-    summarize(report, verification)
+    total = sum(o.missing + o.extra + o.mismatched for o in outcomes)
+    progress.phase(f"{table.source}: verifying {total} candidate(s)")
     directory = table_scratch(options.scratch, table)
     run_id = new_run_id()
     report.run_id = run_id
-    report.discrepancies_path = str(
-        write_confirmed(directory / f"discrepancies-{run_id}.parquet", verification)
-    )
-    plan = plan_verified_repair(config, table, verification, run_id)
+    parquet = directory / f"discrepancies-{run_id}.parquet"
     script = directory / f"repair-{run_id}.sql"
-    script.write_text(plan.sql_script())
-    report.dry_run_sql_path = str(script)
-    if options.repair and (plan.upsert_count or plan.delete_count):
-        progress.phase(
-            f"{table.target}: repairing {plan.upsert_count} upsert(s), {plan.delete_count} delete(s)"
+    settled = 0
+    planned = False
+    # Slice by slice: verify, record, plan and (on request) repair one slice's candidates,
+    # then drop them, so memory follows the slice, not the table's drift.
+    with (
+        CandidateVerifier(config, table, settings, scan, options) as verifier,
+        ConfirmedWriter(parquet) as confirmed,
+        script.open("w", encoding="utf-8") as sql_out,
+        _Repairer(settings, run_id, options) as repairer,
+    ):
+        for outcome in outcomes:
+            if not outcome.missing + outcome.extra + outcome.mismatched:
+                continue
+            verification = verifier.verify([read_candidates(Path(outcome.candidates_path))])
+            add_verdicts(report, verification)
+            confirmed.write(verification)
+            plan = plan_verified_repair(config, table, verification, run_id)
+            if not (plan.upsert_count or plan.delete_count):
+                continue
+            sql_out.write(plan.sql_script())
+            planned = True
+            if options.repair:
+                applied = repairer.apply(plan)
+                report.repaired["upserted"] += applied.upserted
+                report.repaired["deleted"] += applied.deleted
+                report.skipped_newer += applied.skipped_newer
+                settled += applied.upserted + applied.deleted + applied.skipped_newer
+                settled += applied.skipped_unchanged + applied.skipped_absent
+        if not planned:
+            sql_out.write(
+                plan_verified_repair(config, table, NOTHING_VERIFIED, run_id).sql_script()
+            )
+        report.verification = (
+            verifier.catch_up.detail if verifier.catch_up is not None else "no candidates"
         )
-        applied = _apply_with_workers(settings, plan, run_id, options)
-        report.repaired = {"upserted": applied.upserted, "deleted": applied.deleted}
-        report.skipped_newer = applied.skipped_newer
-        settled = applied.upserted + applied.deleted + applied.skipped_newer
-        settled += applied.skipped_unchanged + applied.skipped_absent
-        report.remaining = max(0, report.confirmed - settled)
-    else:
-        report.remaining = report.confirmed
+    report.discrepancies_path = str(parquet)
+    report.dry_run_sql_path = str(script)
+    if options.repair and planned:
+        progress.phase(
+            f"{table.target}: repaired {report.repaired['upserted']} upsert(s), "
+            f"{report.repaired['deleted']} delete(s)"
+        )
+    report.remaining = max(0, report.confirmed - settled)
     report.duration_s = round(time.monotonic() - started, 3)
     return report
 
@@ -404,6 +434,85 @@ class ScanMarker:
         )
 
 
+class CandidateVerifier:
+    """Verifies candidate tables one after another on one CQL session and one connection.
+
+    The first non-empty call waits for the sink to pass the scan's offsets; later calls
+    reuse that catch-up, so a table's slices can be verified (and dropped) one at a time.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        table: TableSpec,
+        settings: ConnectionSettings,
+        scan: ScanMarker,
+        options: ReconcileOptions,
+    ) -> None:
+        self.config, self.table, self.settings = config, table, settings
+        self.scan, self.options = scan, options
+        self.schema = canonical_schema(config, table)
+        self.catch_up: CatchUp | None = None
+        self._stack = ExitStack()
+        self._session: Any = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def __enter__(self) -> CandidateVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def verify(self, candidates: Sequence[pa.Table]) -> VerificationResult:
+        from cdc_pipelines.kafka.offsets import sink_group, wait_until_caught_up
+        from cdc_pipelines.reconcile.verify import (
+            Candidate,
+            CandidateKind,
+            read_target_rows,
+            verify_discrepancies,
+        )
+        from cdc_pipelines.scylla.key_reads import read_source_rows
+        from cdc_pipelines.scylla.session import cql_session
+
+        config, table = self.config, self.table
+        keyed: list[Candidate] = []
+        for part in candidates:
+            kinds = part.column(KIND_COLUMN).to_pylist()
+            for key, kind in zip(driver_keys(part, self.schema), kinds, strict=True):
+                keyed.append(Candidate(key, CandidateKind(kind)))
+        if not keyed:
+            return VerificationResult((), (), ())
+        if self.catch_up is None:
+            self.catch_up = wait_until_caught_up(
+                self.settings.kafka_bootstrap_servers,
+                sink_group(config.sink_name_for(table)),
+                config.topic_for(table),
+                self.scan.end_offsets or {},
+                self.options.verify_timeout_s,
+                settle_window_s=self.options.settle_seconds,
+            )
+        if self._conn is None:
+            self._session = self._stack.enter_context(cql_session(self.settings, config.scylla))
+            self._conn = self._stack.enter_context(psycopg.connect(self.settings.postgres_dsn))
+        return verify_discrepancies(
+            table,
+            keyed,
+            cutoff_us=self.scan.cutoff_us,
+            read_source=partial(read_source_rows, self._session, table),
+            read_target=partial(
+                read_target_rows,
+                self._conn,
+                table,
+                version_column=config.defaults.version_column,
+                user_types=config.user_types,
+            ),
+            version_column=config.defaults.version_column,
+            tolerances=config.tolerances_for(table),
+            user_types=config.user_types,
+            catch_up=self.catch_up,
+        )
+
+
 def verify_candidates(
     config: PipelineConfig,
     table: TableSpec,
@@ -413,72 +522,50 @@ def verify_candidates(
     options: ReconcileOptions,
 ) -> VerificationResult:
     """Wait for the sink to pass the scan's offsets, then re-read every candidate on both sides."""
-    from functools import partial
+    with CandidateVerifier(config, table, settings, scan, options) as verifier:
+        return verifier.verify(candidates)
 
-    from cdc_pipelines.kafka.offsets import sink_group, wait_until_caught_up
-    from cdc_pipelines.reconcile.verify import (
-        Candidate,
-        CandidateKind,
-        read_target_rows,
-        verify_discrepancies,
-    )
-    from cdc_pipelines.scylla.key_reads import read_source_rows
-    from cdc_pipelines.scylla.session import cql_session
 
-    schema = canonical_schema(config, table)
-    keyed: list[Candidate] = []
-    for part in candidates:
-        kinds = part.column(KIND_COLUMN).to_pylist()
-        for key, kind in zip(driver_keys(part, schema), kinds, strict=True):
-            keyed.append(Candidate(key, CandidateKind(kind)))
-    if not keyed:
-        return VerificationResult((), (), ())
-    catch_up = wait_until_caught_up(
-        settings.kafka_bootstrap_servers,
-        sink_group(config.sink_name_for(table)),
-        config.topic_for(table),
-        scan.end_offsets or {},
-        options.verify_timeout_s,
-        settle_window_s=options.settle_seconds,
-    )
-    with (
-        cql_session(settings, config.scylla) as session,
-        psycopg.connect(settings.postgres_dsn) as conn,
-    ):
-        return verify_discrepancies(
-            table,
-            keyed,
-            cutoff_us=scan.cutoff_us,
-            read_source=partial(read_source_rows, session, table),
-            read_target=partial(
-                read_target_rows,
-                conn,
-                table,
-                version_column=config.defaults.version_column,
-                user_types=config.user_types,
-            ),
-            version_column=config.defaults.version_column,
-            tolerances=config.tolerances_for(table),
-            user_types=config.user_types,
-            catch_up=catch_up,
+class _Repairer:
+    """Applies one plan after another under one run id, batches numbered on from the last."""
+
+    def __init__(self, settings: ConnectionSettings, run_id: str, options: ReconcileOptions):
+        self.settings, self.run_id, self.options = settings, run_id, options
+        self.next_batch = 0
+        self._stack = ExitStack()
+        self._target: Any = None
+
+    def __enter__(self) -> _Repairer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def apply(self, plan: RepairPlan) -> RepairOutcome:
+        workers = self.options.workers
+        if self._target is None:
+            if workers <= 1:
+                self._target = self._stack.enter_context(
+                    psycopg.connect(self.settings.postgres_dsn)
+                )
+            else:
+                from psycopg_pool import ConnectionPool
+
+                self._target = self._stack.enter_context(
+                    ConnectionPool(
+                        self.settings.postgres_dsn, min_size=workers, max_size=workers, open=True
+                    )
+                )
+        outcome = apply_repair(
+            self._target,
+            plan,
+            self.run_id,
+            audit_detail=self.options.audit_detail,
+            workers=max(1, workers),
+            first_batch=self.next_batch,
         )
-
-
-def _apply_with_workers(
-    settings: ConnectionSettings, plan: RepairPlan, run_id: str, options: ReconcileOptions
-) -> RepairOutcome:
-    """Apply on ``options.workers`` connections (batches hold disjoint keys)."""
-    if options.workers <= 1:
-        with psycopg.connect(settings.postgres_dsn) as conn:
-            return apply_repair(conn, plan, run_id, audit_detail=options.audit_detail)
-    from psycopg_pool import ConnectionPool
-
-    with ConnectionPool(
-        settings.postgres_dsn, min_size=options.workers, max_size=options.workers, open=True
-    ) as pool:
-        return apply_repair(
-            pool, plan, run_id, audit_detail=options.audit_detail, workers=options.workers
-        )
+        self.next_batch += batch_count(plan)
+        return outcome
 
 
 @dataclass(frozen=True)
@@ -547,35 +634,63 @@ def repair_slice(
     return SliceRepair(verification, plan, sql_path, outcome)
 
 
-def summarize(report: ReconcileReport, verification: VerificationResult) -> None:
-    """Counts by confirmed kind, plus what the re-read resolved or found in flight."""
+NOTHING_VERIFIED = VerificationResult((), (), ())
+
+
+def add_verdicts(report: ReconcileReport, verification: VerificationResult) -> None:
+    """Add one verification's counts by confirmed kind, resolved and in flight."""
     kinds = [c.kind.value for c in verification.confirmed]
-    report.missing = kinds.count("missing")
-    report.extra = kinds.count("extra")
-    report.mismatched = kinds.count("mismatched")
-    report.in_flight = len(verification.in_flight)
-    report.resolved = len(verification.resolved)
-    catch_up = verification.catch_up
-    report.verification = catch_up.detail if catch_up is not None else "no candidates"
+    report.missing += kinds.count("missing")
+    report.extra += kinds.count("extra")
+    report.mismatched += kinds.count("mismatched")
+    report.in_flight += len(verification.in_flight)
+    report.resolved += len(verification.resolved)
+
+
+CONFIRMED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("kind", pa.string()),
+        ("source_version", pa.int64()),
+        ("target_version", pa.int64()),
+    ]
+)
+
+
+class ConfirmedWriter:
+    """Every confirmed discrepancy (key as JSON, kind, versions) appended to one Parquet file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = pq.ParquetWriter(path, CONFIRMED_SCHEMA)
+
+    def __enter__(self) -> ConfirmedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._writer.close()
+
+    def write(self, verification: VerificationResult) -> None:
+        confirmed = verification.confirmed
+        if not confirmed:
+            return
+        self._writer.write_table(
+            pa.table(
+                {
+                    "key": [json.dumps(list(c.key), default=str) for c in confirmed],
+                    "kind": [c.kind.value for c in confirmed],
+                    "source_version": [c.source.version if c.source else None for c in confirmed],
+                    "target_version": [c.target_version for c in confirmed],
+                },
+                schema=CONFIRMED_SCHEMA,
+            )
+        )
 
 
 def write_confirmed(path: Path, verification: VerificationResult) -> Path:
-    """Every confirmed discrepancy (key, kind, target version) in one Parquet file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "key": pa.array([json.dumps(list(c.key), default=str) for c in verification.confirmed]),
-            "kind": pa.array([c.kind.value for c in verification.confirmed], pa.string()),
-            "source_version": pa.array(
-                [c.source.version if c.source else None for c in verification.confirmed],
-                pa.int64(),
-            ),
-            "target_version": pa.array(
-                [c.target_version for c in verification.confirmed], pa.int64()
-            ),
-        }
-    )
-    pq.write_table(table, path)
+    """Every confirmed discrepancy of ``verification`` in one Parquet file."""
+    with ConfirmedWriter(path) as writer:
+        writer.write(verification)
     return path
 
 

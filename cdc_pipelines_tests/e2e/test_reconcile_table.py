@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 from psycopg import sql
 
 from cdc_pipelines.postgres.audit import AuditTables
@@ -91,6 +92,10 @@ def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, post
     assert report.source_rows == ROWS
     assert report.target_rows == ROWS - 3 + 2
     assert (report.missing, report.extra, report.mismatched) == (3, 2, expected_mismatches)
+    recorded = pq.read_table(str(report.discrepancies_path))  # appended slice by slice
+    assert sorted(recorded.column("kind").to_pylist()) == sorted(
+        ["missing"] * 3 + ["extra"] * 2 + ["mismatched"] * expected_mismatches
+    )
 
 
 def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(

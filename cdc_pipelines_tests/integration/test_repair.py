@@ -37,6 +37,7 @@ from cdc_pipelines.postgres.repair import (
     BatchReport,
     ExtraRow,
     apply_repair,
+    batch_count,
     plan_repair,
     upsert_layout,
 )
@@ -519,6 +520,26 @@ def test_reapplying_changes_nothing(postgres_dsn: str, pg_schema: str, audit: Au
     assert (second.skipped_unchanged, second.skipped_absent, second.skipped_newer) == (8, 2, 0)
     assert (same_run.batches_applied, same_run.batches_already_done, same_run.changed) == (0, 4, 0)
     assert table_state(postgres_dsn, table) == state
+
+
+def test_plans_share_a_run_id_when_batches_are_numbered_on(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    table = hostile_table(pg_schema)
+    create_target(postgres_dsn, table)
+    first_plan = plan_repair(table, VERSION, [hostile_row(i, 500) for i in range(5)])
+    second_plan = plan_repair(table, VERSION, [hostile_row(i, 500) for i in range(5, 9)])
+
+    first = apply_repair(conn, first_plan, "shared", batch_size=2, audit=audit)
+    after = batch_count(first_plan, 2)
+    second = apply_repair(conn, second_plan, "shared", batch_size=2, audit=audit, first_batch=after)
+    again = apply_repair(conn, second_plan, "shared", batch_size=2, audit=audit, first_batch=after)
+
+    assert after == 3 and (first.upserted, second.upserted) == (5, 4)
+    assert (again.batches_applied, again.batches_already_done) == (0, 2)
+    assert len(table_state(postgres_dsn, table)) == 9
+    with pytest.raises(ReconcileError, match="already applied batch 0 with different rows"):
+        apply_repair(conn, second_plan, "shared", batch_size=2, audit=audit)
 
 
 class SimulatedCrash(RuntimeError):
