@@ -210,12 +210,19 @@ def _copy_output(
             env=env,
         )
         assert process.stdout is not None
+        failed = False
         try:
             yield process.stdout
+        except BaseException:
+            # The reader gave up (bad data, interrupted): stop psql rather than let its
+            # broken pipe replace the real error.
+            failed = True
+            process.kill()
+            raise
         finally:
             process.stdout.close()
             stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            if process.wait() != 0:
+            if process.wait() != 0 and not failed:
                 raise ServiceError(
                     f"psql COPY failed ({process.returncode}): {stderr.strip()[:500]}; check that "
                     "the target table exists (cdc-pipelines ddl apply) and CDC_POSTGRES_DSN"

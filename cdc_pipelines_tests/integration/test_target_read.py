@@ -121,3 +121,21 @@ def test_non_cassandra_numbers_in_the_target_are_named(
 
     with pytest.raises(ReconcileError, match=rf"column '{column}'.*{message}"):
         _index(postgres_dsn, numbers, tmp_path)
+
+
+def test_bad_data_early_in_a_large_table_is_reported_as_itself(
+    numbers: TableSpec, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """The reader stops at the first bad block; psql, still writing, must not mask why."""
+    _fill(postgres_dsn, numbers, [(Decimal(0), Decimal("NaN"), None, None, 7)])
+    relation = sql.Identifier(numbers.target_schema, numbers.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (k, amount, big, note, {}) "
+                "SELECT g, g, g, repeat('x', 40), 7 FROM generate_series(1, 2000000) AS g"
+            ).format(relation, sql.Identifier(VERSION))
+        )
+
+    with pytest.raises(ReconcileError, match=r"column 'amount'.*'NaN' is not a finite number"):
+        _index(postgres_dsn, numbers, tmp_path)
