@@ -28,6 +28,7 @@ from cdc_pipelines.defs.resources import (
 )
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.observability.metrics import Gauge
+from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.types import column_pg_type
 
 RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
@@ -231,6 +232,16 @@ class RepairConfig(dg.Config):
     """Repairs change PostgreSQL only when ``apply`` is set explicitly in the run config."""
 
     apply: bool = False
+    audit: str = AuditDetail.KEYS.value  # or "exceptions": upserts only counted per batch
+
+    def audit_detail(self) -> AuditDetail:
+        try:
+            return AuditDetail(self.audit)
+        except ValueError:
+            choices = ", ".join(repr(d.value) for d in AuditDetail)
+            raise dg.Failure(
+                f"repair config audit: {self.audit!r} is not one of {choices}"
+            ) from None
 
 
 def repair_asset(names: TableNames, declaration: PipelineConfig) -> dg.AssetsDefinition:
@@ -262,6 +273,7 @@ def repair_asset(names: TableNames, declaration: PipelineConfig) -> dg.AssetsDef
             connection_settings(scylla, postgres),
             scratch.root(),
             apply=config.apply,
+            audit_detail=config.audit_detail(),
         )
         return dg.MaterializeResult(metadata=repair_metadata(summary))
 

@@ -18,6 +18,7 @@ import pyarrow.ipc as ipc
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
 from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.postgres.audit import AuditDetail, AuditTables
 from cdc_pipelines.settings import ConnectionSettings
 
 DISCREPANCY_SAMPLE_ROWS = 20
@@ -87,7 +88,8 @@ class RepairSummary:
     deletes: int
     sql_script: str
     sql_path: Path | None
-    audit_path: Path | None
+    run_id: str  # names the dry-run script and, when applied, the audit rows
+    audit: str  # where the audit rows are, and at which detail
 
 
 def build_target_index(
@@ -154,11 +156,12 @@ def repair_slice(
     settings: ConnectionSettings,
     scratch: Path,
     apply: bool,
+    audit_detail: AuditDetail = AuditDetail.KEYS,
 ) -> RepairSummary:
     """Repair the verified discrepancies of one slice; a dry run only writes the SQL script."""
     from cdc_pipelines.reconcile import engine
 
-    repair = engine.repair_slice(config, table, slice_id, settings, scratch, apply)
+    repair = engine.repair_slice(config, table, slice_id, settings, scratch, apply, audit_detail)
     outcome = repair.outcome
     return RepairSummary(
         table=table.source,
@@ -168,7 +171,8 @@ def repair_slice(
         deletes=outcome.deleted if outcome else repair.plan.delete_count,
         sql_script=_script_excerpt(repair.plan.sql_script()),
         sql_path=repair.sql_path,
-        audit_path=None,
+        run_id=repair.plan.run_id,
+        audit=f"{AuditTables().schema}.repair_actions ({audit_detail.value})",
     )
 
 
@@ -269,6 +273,7 @@ def repair_metadata(summary: RepairSummary) -> dict[str, dg.MetadataValue]:
     }
     if summary.sql_path is not None:
         metadata["sql_script"] = dg.MetadataValue.path(str(summary.sql_path))
-    if summary.audit_path is not None:
-        metadata["audit"] = dg.MetadataValue.path(str(summary.audit_path))
+    metadata["run_id"] = dg.MetadataValue.text(summary.run_id)
+    if summary.applied:
+        metadata["audit"] = dg.MetadataValue.text(summary.audit)
     return metadata

@@ -620,6 +620,7 @@ def repair_slice(
     settings: ConnectionSettings,
     scratch: Path,
     apply: bool,
+    audit_detail: AuditDetail = AuditDetail.KEYS,
 ) -> SliceRepair:
     """Verify the slice's candidates again, plan the repair, write its SQL; apply on request."""
     verification = verify_slice(config, table, slice_key, settings, scratch)
@@ -630,7 +631,7 @@ def repair_slice(
     outcome = None
     if apply and (plan.upsert_count or plan.delete_count):
         with psycopg.connect(settings.postgres_dsn) as conn:
-            outcome = apply_repair(conn, plan, run_id)
+            outcome = apply_repair(conn, plan, run_id, audit_detail=audit_detail)
     return SliceRepair(verification, plan, sql_path, outcome)
 
 

@@ -15,6 +15,7 @@ from psycopg import sql
 from cdc_pipelines.defs.build import build_definitions
 from cdc_pipelines.defs.names import table_names
 from cdc_pipelines.defs.resources import ScratchStorageResource, default_resources
+from cdc_pipelines.postgres.audit import AuditTables
 
 
 def materialize_slices(defs, key, slices, instance, run_config=None):
@@ -85,9 +86,20 @@ def test_partitioned_reconciliation_reports_verified_drift_and_repair_clears_it(
         names.repair_key,
         names.slices,
         instance,
-        run_config={"ops": {repair_op: {"config": {"apply": True}}}},
+        run_config={"ops": {repair_op: {"config": {"apply": True, "audit": "keys"}}}},
     )
     assert sum(m["upserts"].value for m in applied.values()) == 2
+    repaired = [m for m in applied.values() if m["upserts"].value]
+    run_ids = [m["run_id"].value for m in repaired]
+    assert all(m["audit"].value.endswith("repair_actions (keys)") for m in repaired)
+    with psycopg.connect(postgres_dsn) as conn:
+        audited = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE run_id = ANY(%s) AND action = 'upsert'").format(
+                AuditTables().actions
+            ),
+            (run_ids,),
+        ).fetchone()
+    assert audited == (2,)  # the run id in the UI finds every key the repair wrote
 
     dg.materialize(
         [defs.get_assets_def(names.target_index_key)], instance=instance, resources=resources

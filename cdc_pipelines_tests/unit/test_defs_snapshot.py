@@ -182,6 +182,15 @@ def test_repair_is_a_dry_run_unless_the_run_config_says_apply():
     defs = load_definitions(EXAMPLE)
     job = defs.resolve_job_def("repair_slice__demo__orders")
     op = "repair__demo__orders"
-    assert dg.validate_run_config(job, {})["ops"][op]["config"] == {"apply": False}
+    default = {"apply": False, "audit": "keys"}
+    assert dg.validate_run_config(job, {})["ops"][op]["config"] == default
     applied = {"ops": {op: {"config": {"apply": True}}}}
-    assert dg.validate_run_config(job, applied)["ops"][op]["config"] == {"apply": True}
+    assert dg.validate_run_config(job, applied)["ops"][op]["config"] == {**default, "apply": True}
+
+
+def test_an_unknown_repair_audit_detail_is_named_with_the_choices():
+    from cdc_pipelines.defs.assets import RepairConfig
+
+    assert RepairConfig(audit="exceptions").audit_detail().value == "exceptions"
+    with pytest.raises(dg.Failure, match=r"'everything' is not one of 'keys', 'exceptions'"):
+        RepairConfig(audit="everything").audit_detail()
