@@ -346,34 +346,24 @@ def run_reconciliation(
     report.run_id = run_id
     parquet = directory / f"discrepancies-{run_id}.parquet"
     script = directory / f"repair-{run_id}.sql"
-    settled = 0
-    planned = False
-    # Slice by slice: verify, record, plan and (on request) repair one slice's candidates,
-    # then drop them, so memory follows the slice, not the table's drift.
+    with_candidates = [o for o in outcomes if o.missing + o.extra + o.mismatched]
+    # Slice by slice: verify, record and plan one slice's candidates, then drop them, so
+    # memory follows the slice, not the table's drift. Every slice is planned before any
+    # is repaired: a row that cannot be written stops the run with nothing changed.
     with (
         CandidateVerifier(config, table, settings, scan, options) as verifier,
         ConfirmedWriter(parquet) as confirmed,
         script.open("w", encoding="utf-8") as sql_out,
-        _Repairer(settings, run_id, options) as repairer,
     ):
-        for outcome in outcomes:
-            if not outcome.missing + outcome.extra + outcome.mismatched:
-                continue
+        planned = False
+        for outcome in with_candidates:
             verification = verifier.verify([read_candidates(Path(outcome.candidates_path))])
             add_verdicts(report, verification)
             confirmed.write(verification)
             plan = plan_verified_repair(config, table, verification, run_id)
-            if not (plan.upsert_count or plan.delete_count):
-                continue
-            sql_out.write(plan.sql_script())
-            planned = True
-            if options.repair:
-                applied = repairer.apply(plan)
-                report.repaired["upserted"] += applied.upserted
-                report.repaired["deleted"] += applied.deleted
-                report.skipped_newer += applied.skipped_newer
-                settled += applied.upserted + applied.deleted + applied.skipped_newer
-                settled += applied.skipped_unchanged + applied.skipped_absent
+            if plan.upsert_count or plan.delete_count:
+                sql_out.write(plan.sql_script())
+                planned = True
         if not planned:
             sql_out.write(
                 plan_verified_repair(config, table, NOTHING_VERIFIED, run_id).sql_script()
@@ -381,13 +371,21 @@ def run_reconciliation(
         report.verification = (
             verifier.catch_up.detail if verifier.catch_up is not None else "no candidates"
         )
-    report.discrepancies_path = str(parquet)
-    report.dry_run_sql_path = str(script)
-    if options.repair and planned:
-        progress.phase(
-            f"{table.target}: repaired {report.repaired['upserted']} upsert(s), "
-            f"{report.repaired['deleted']} delete(s)"
-        )
+        report.discrepancies_path = str(parquet)
+        report.dry_run_sql_path = str(script)
+        settled = 0
+        if options.repair and planned:
+            progress.phase(f"{table.target}: repairing {report.confirmed} discrepancies")
+            settled = _repair_by_slice(
+                config,
+                table,
+                settings,
+                options,
+                verifier,
+                run_id,
+                report,
+                [Path(o.candidates_path) for o in with_candidates],
+            )
     report.remaining = max(0, report.confirmed - settled)
     report.duration_s = round(time.monotonic() - started, 3)
     return report
@@ -636,6 +634,34 @@ def repair_slice(
 
 
 NOTHING_VERIFIED = VerificationResult((), (), ())
+
+
+def _repair_by_slice(
+    config: PipelineConfig,
+    table: TableSpec,
+    settings: ConnectionSettings,
+    options: ReconcileOptions,
+    verifier: CandidateVerifier,
+    run_id: str,
+    report: ReconcileReport,
+    candidate_files: Sequence[Path],
+) -> int:
+    """Re-verify and repair each slice's candidates (fresh reads: time has passed since the
+    dry run); returns how many confirmed discrepancies were settled."""
+    settled = 0
+    with _Repairer(settings, run_id, options) as repairer:
+        for candidates in candidate_files:
+            verification = verifier.verify([read_candidates(candidates)])
+            plan = plan_verified_repair(config, table, verification, run_id)
+            if not (plan.upsert_count or plan.delete_count):
+                continue
+            applied = repairer.apply(plan)
+            report.repaired["upserted"] += applied.upserted
+            report.repaired["deleted"] += applied.deleted
+            report.skipped_newer += applied.skipped_newer
+            settled += applied.upserted + applied.deleted + applied.skipped_newer
+            settled += applied.skipped_unchanged + applied.skipped_absent
+    return settled
 
 
 def add_verdicts(report: ReconcileReport, verification: VerificationResult) -> None:

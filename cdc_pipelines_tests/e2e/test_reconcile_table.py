@@ -13,8 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
+import pytest
 from psycopg import sql
 
+from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.audit import AuditTables
 from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation
 from cdc_pipelines.scylla.emulated_source import now_us
@@ -191,3 +193,29 @@ def test_the_reconcile_command_reports_json_and_exits_by_outcome(
         [*base[:4], "nope.table", "--config", str(declaration)], capture_output=True, text=True
     )
     assert unknown.returncode == 2 and "nope.table" in unknown.stderr
+
+
+def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
+    replicated, settings, tmp_path, postgres_dsn
+):
+    """Every slice is planned before any is applied: no partial repair on a bad row."""
+    config, table, source, _rows = replicated
+    schema = sql.Identifier(table.target_schema)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE id < 12").format(schema))
+    # NaN inside a tuple has no jsonb form: repair refuses that row at plan time.
+    source.upsert([row(40, c_tuple=(1, "two", float("nan")))], now_us(), silent=True)
+
+    with pytest.raises(ReconcileError, match=r"key \(id=40.*column .c_tuple."):
+        run_reconciliation(
+            config,
+            table,
+            settings,
+            ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0, repair=True),
+        )
+
+    with psycopg.connect(postgres_dsn) as conn:
+        left = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.all_types WHERE id < 12").format(schema)
+        ).fetchone()
+    assert left == (0,)  # the 12 missing rows, spread over the slices, were not written
