@@ -8,6 +8,7 @@ go. Data flows one way: readers → canonical Arrow → diff → verify → repa
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -299,7 +300,11 @@ def diff_all_slices(
             progress.slice_done(key, outcome.discrepancies, outcome.source_rows)
         return outcomes
     config_json = config.model_dump_json()
-    with ProcessPoolExecutor(max_workers=options.workers) as pool:
+    # Workers come from a fork server, not from this process: a forked child would start
+    # with the target-index pass's resident memory and add its slice on top.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(max_workers=options.workers, mp_context=context) as pool:
         futures = [
             pool.submit(
                 _reconcile_slice_in_worker,
@@ -326,7 +331,12 @@ def run_reconciliation(
     options: ReconcileOptions,
     progress: _Progress | None = None,
 ) -> ReconcileReport:
-    """Index the target, diff every slice, verify the candidates, report, and repair on request."""
+    """Index the target, diff every slice, verify the candidates, report, and repair on request.
+
+    With ``options.workers`` > 1 slices are diffed in processes started from a fork server,
+    which imports the caller's main module: a script calling this needs the usual
+    ``if __name__ == "__main__":`` guard.
+    """
     progress = progress or _Silent()
     started = time.monotonic()
     progress.phase(f"{table.target}: building the target index")

@@ -17,10 +17,10 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -194,6 +194,43 @@ def source_scan(config: PipelineConfig, settings: ConnectionSettings) -> int:
         return sum(counts)
 
 
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def _sample_peaks(root: int, peaks: dict[int, int], done: threading.Event) -> None:
+    """Each process's own peak RSS (VmHWM, KiB) under ``root``, sampled every 200 ms.
+
+    Slice workers run under a fork server, so they are grandchildren that
+    RUSAGE_CHILDREN would not always count; VmHWM is read from every descendant.
+    """
+    while not done.is_set():
+        for pid in _descendants(root):
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
+            except OSError:
+                continue
+        done.wait(0.2)
+
+
 def whole_run_in_child(
     config: PipelineConfig, scratch: str
 ) -> tuple[float, int, dict[str, object]]:
@@ -209,15 +246,23 @@ def whole_run_in_child(
         "print(json.dumps({'wall': time.perf_counter() - t, 'missing': report.missing,\n"
         "    'extra': report.extra, 'mismatched': report.mismatched, 'rows': report.source_rows}))\n"
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-c", code, config.model_dump_json(), scratch],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
-    if result.returncode:
-        raise RuntimeError(f"the reconciliation failed:\n{result.stderr[-3000:]}")
-    peak_kib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    sampler = threading.Thread(target=_sample_peaks, args=(process.pid, peaks, done))
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(f"the reconciliation failed:\n{stderr[-3000:]}")
+    peak_kib = max(peaks.values(), default=0)
+    result = subprocess.CompletedProcess(process.args, 0, stdout, stderr)
     document = json.loads(result.stdout.strip().splitlines()[-1])
     return float(document["wall"]), peak_kib, document
 
