@@ -270,9 +270,15 @@ def _column_converter(
             # The connector's JSON shape, so repaired rows look like streamed ones.
             if value is None or _is_empty_collection(value, cql):
                 return None
-            text = json.dumps(
-                connector_value(cql, value, user_types), ensure_ascii=False, allow_nan=False
-            )
+            try:
+                text = json.dumps(
+                    connector_value(cql, value, user_types), ensure_ascii=False, allow_nan=False
+                )
+            except ValueError:  # json names it "Out of range float values"
+                raise ValueError(
+                    f"a NaN or infinite number inside this {cql} has no jsonb form; correct "
+                    "the source row (a float column outside a collection can hold it)"
+                ) from None
             return check(JsonText(text))
 
         return to_json
