@@ -724,13 +724,6 @@ class ConfirmedWriter:
         )
 
 
-def write_confirmed(path: Path, verification: VerificationResult) -> Path:
-    """Every confirmed discrepancy of ``verification`` in one Parquet file."""
-    with ConfirmedWriter(path) as writer:
-        writer.write(verification)
-    return path
-
-
 def _scan_slice_rows(
     config_json: str, source: str, slice_key: str, settings: ConnectionSettings
 ) -> int:

@@ -26,8 +26,8 @@ from cdc_pipelines_tests.e2e.test_streaming_path import row
 APPLY_TIMEOUT_S = 120
 
 
-def options(tmp_path: Path) -> ReconcileOptions:
-    return ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0)
+def options(tmp_path: Path, *, repair: bool = False) -> ReconcileOptions:
+    return ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0, repair=repair)
 
 
 def test_a_faithful_replica_reconciles_clean(replicated, settings, tmp_path):
@@ -120,9 +120,7 @@ def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
     script = Path(str(dry.dry_run_sql_path)).read_text()
     assert script.count("INSERT INTO") >= 1 and "DELETE FROM" in script and "COMMIT;" in script
 
-    repaired = run_reconciliation(
-        config, table, settings, ReconcileOptions(scratch=tmp_path, workers=1, repair=True)
-    )
+    repaired = run_reconciliation(config, table, settings, options(tmp_path, repair=True))
     assert repaired.repaired == {"upserted": 5, "deleted": 1}
     assert repaired.remaining == 0
 
@@ -207,12 +205,7 @@ def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
     source.upsert([row(40, c_tuple=(1, "two", float("nan")))], now_us(), silent=True)
 
     with pytest.raises(ReconcileError, match=r"key \(id=40.*column .c_tuple.: a NaN or infinite"):
-        run_reconciliation(
-            config,
-            table,
-            settings,
-            ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0, repair=True),
-        )
+        run_reconciliation(config, table, settings, options(tmp_path, repair=True))
 
     with psycopg.connect(postgres_dsn) as conn:
         left = conn.execute(
