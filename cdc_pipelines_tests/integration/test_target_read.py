@@ -77,7 +77,7 @@ ROWS = st.lists(
         | DECIMALS
         | st.sampled_from([Decimal("0.000"), Decimal("-0.50"), Decimal("100.00")]),
         st.none() | KEY_VALUES["varint"],
-        st.none() | st.text(st.characters(exclude_characters="\x00"), max_size=5),
+        st.none() | st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=5),
     ),
     max_size=40,
     unique_by=lambda row: row[0].as_integer_ratio(),  # numeric keys equal by value
