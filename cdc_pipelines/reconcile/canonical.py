@@ -1086,6 +1086,22 @@ def from_postgres_text(
     notation, so they are only checked for ``NaN``/``Infinity`` (and a varint for a
     fraction) instead of normalized.
     """
+    return _from_postgres(table, schema, numeric_text, typed=False)
+
+
+def from_postgres_columns(
+    table: pa.Table, schema: CanonicalSchema, *, numeric_text: Collection[str] = ()
+) -> pa.Table:
+    """A canonical table from a typed read (``postgres.arrow_read``): each column either as
+    PostgreSQL's text (see :func:`from_postgres_text`) or in the Arrow type ADBC gives its
+    PostgreSQL type, cast exactly (an integer that does not fit is an error) and, for a
+    compared timestamp or time, floored to the declared precision."""
+    return _from_postgres(table, schema, numeric_text, typed=True)
+
+
+def _from_postgres(
+    table: pa.Table, schema: CanonicalSchema, numeric_text: Collection[str], *, typed: bool
+) -> pa.Table:
     missing = [n for n in schema.column_names if n not in table.column_names]
     if missing:
         raise ReconcileError(
@@ -1096,19 +1112,37 @@ def from_postgres_text(
     for column in schema.columns:
         values = table.column(column.name)
         if values.type not in (pa.string(), pa.large_string()):
-            raise ReconcileError(
-                f"table {schema.table}: target column {column.name!r} is {values.type}, "
-                f"expected text; read the CSV with every column as string"
-            )
-        values = values.cast(pa.string())
-        if column.role == ColumnRole.VERSION:
-            chunks = [_version_from_text(chunk, schema) for chunk in values.chunks]
-        elif column.name in numeric_text and column.cql_type.name in ("decimal", "varint"):
-            chunks = [_numeric_text_column(chunk, column) for chunk in values.chunks]
+            if not typed:
+                raise ReconcileError(
+                    f"table {schema.table}: target column {column.name!r} is {values.type}, "
+                    f"expected text; read the CSV with every column as string"
+                )
+            chunks = [_native_column(chunk, column, schema) for chunk in values.chunks]
         else:
-            chunks = [_text_column(chunk, column, schema) for chunk in values.chunks]
+            values = values.cast(pa.string())
+            if column.role == ColumnRole.VERSION:
+                chunks = [_version_from_text(chunk, schema) for chunk in values.chunks]
+            elif column.name in numeric_text and column.cql_type.name in ("decimal", "varint"):
+                chunks = [_numeric_text_column(chunk, column) for chunk in values.chunks]
+            else:
+                chunks = [_text_column(chunk, column, schema) for chunk in values.chunks]
         arrays.append(pa.chunked_array(chunks, column.arrow_type))
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema)
+
+
+def _native_column(values: pa.Array, column: CanonicalColumn, schema: CanonicalSchema) -> pa.Array:
+    """A column ADBC read in its own type (uuid arrives as an extension over 16 bytes)."""
+    if isinstance(values.type, pa.BaseExtensionType):
+        values = values.storage
+    try:
+        converted = values.cast(column.arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ReconcileError(
+            f"column {column.name!r} ({column.cql_type}): the target's {values.type} values do "
+            f"not fit {column.arrow_type}: {exc}; check the target column type against the "
+            "declaration"
+        ) from None
+    return _truncate(converted, column, schema)
 
 
 _NUMERIC_SPECIALS = pa.array(["NaN", "Infinity", "-Infinity"])

@@ -226,16 +226,14 @@ def build_index(
     directory = table_scratch(scratch, table)
     directory.mkdir(parents=True, exist_ok=True)
     ScanMarker.now(config, table, settings).write(directory)
-    with psycopg.connect(settings.postgres_dsn) as conn:
-        return build_target_index(
-            conn,
-            table,
-            schema,
-            config.slices_for(table),
-            directory / "target_index",
-            on_rows=on_rows,
-            dsn=settings.postgres_dsn,
-        )
+    return build_target_index(
+        settings.postgres_dsn,
+        table,
+        schema,
+        config.slices_for(table),
+        directory / "target_index",
+        on_rows=on_rows,
+    )
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ driver's values, on the devstack's PostgreSQL (psql streaming included).
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,10 +21,16 @@ from psycopg import sql
 
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.postgres.arrow_read import typed_select
 from cdc_pipelines.postgres.ddl import create_statements
-from cdc_pipelines.postgres.target_index import build_target_index, read_slice_index
+from cdc_pipelines.postgres.target_index import (
+    build_target_index,
+    read_slice_index,
+    select_expression,
+)
 from cdc_pipelines.reconcile.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_python_rows
 from cdc_pipelines.scylla.slices import slice_id
+from cdc_pipelines_tests.unit.test_canonical import VALUE_STRATEGIES, pg_text
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 
 VERSION = "_cdc_version_us"
@@ -63,8 +71,7 @@ def _fill(dsn: str, table: TableSpec, rows: list[tuple[Any, ...]]) -> None:
 
 def _index(dsn: str, table: TableSpec, directory: Path) -> tuple[CanonicalSchema, Any]:
     schema = CanonicalSchema.from_table(table, version_column=VERSION)
-    with psycopg.connect(dsn) as conn:
-        build_target_index(conn, table, schema, 1, directory, dsn=dsn)
+    build_target_index(dsn, table, schema, 1, directory)
     indexed = read_slice_index(directory, slice_id(0, 1), schema)
     return schema, indexed.drop_columns([ROW_HASH_COLUMN]).sort_by("k")
 
@@ -139,3 +146,176 @@ def test_bad_data_early_in_a_large_table_is_reported_as_itself(
 
     with pytest.raises(ReconcileError, match=r"column 'amount'.*'NaN' is not a finite number"):
         _index(postgres_dsn, numbers, tmp_path)
+
+
+# Every CQL type the typed read takes in its native PostgreSQL type (arrow_read).
+NATIVE_COLUMNS = {
+    "ti": "tinyint",
+    "si": "smallint",
+    "i": "int",
+    "f": "float",
+    "d": "double",
+    "b": "boolean",
+    "t": "text",
+    "a": "ascii",
+    "bl": "blob",
+    "u": "uuid",
+    "tu": "timeuuid",
+    "ts": "timestamp",
+    "dt": "date",
+    "tm": "time",
+}
+
+
+def _native_table(pg_schema: str, dsn: str, name: str, precision: str = "ms") -> TableSpec:
+    table = TableSpec.model_validate(
+        {
+            "source": f"ks.{name}",
+            "target": f"{pg_schema}.{name}",
+            "partition_key": ["k"],
+            "columns": {"k": "bigint", **NATIVE_COLUMNS},
+            "tolerances": {"timestamp_precision": precision},
+        }
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in create_statements(table, VERSION):
+            conn.execute(statement)
+    return table
+
+
+def _copy_text(dsn: str, table: TableSpec, rows: list[list[str | None]]) -> None:
+    relation = sql.Identifier(table.target_schema, table.target_table)
+    columns = sql.SQL(", ").join(sql.Identifier(n) for n in ["k", *NATIVE_COLUMNS, VERSION])
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute(sql.SQL("TRUNCATE {}").format(relation))
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(relation, columns)) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+
+
+# PostgreSQL text cannot hold NUL; Cassandra's can (the sink refuses such rows).
+_STORABLE = {
+    **VALUE_STRATEGIES,
+    "text": st.text(st.characters(codec="utf-8", exclude_characters="\x00")),
+    "ascii": st.text(st.characters(min_codepoint=1, max_codepoint=127)),
+}
+
+
+def _stored_text(cql_name: str, value: object) -> str | None:
+    """The value as COPY input for the column the DDL made (time is bigint nanoseconds)."""
+    if value is None:
+        return None
+    if cql_name == "time":
+        return str(value.nanosecond_time)  # type: ignore[attr-defined]
+    return pg_text(cql_name, value)
+
+
+NATIVE_ROWS = st.lists(
+    st.tuples(*(st.none() | _STORABLE[cql] for cql in NATIVE_COLUMNS.values())),
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("precision", ["ms", "us"])
+def test_native_columns_read_like_the_source(
+    pg_schema: str, postgres_dsn: str, tmp_path: Path, precision: str
+) -> None:
+    """Integers, floats (NaN included), booleans, text, bytea, uuids, timestamps, dates and times
+    come over binary COPY in their own types; the index must hold the source's canonical form,
+    compared timestamps and times floored to the declared precision."""
+    table = _native_table(pg_schema, postgres_dsn, f"native_{precision}", precision)
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(rows=NATIVE_ROWS)
+    def check(rows: list[tuple[Any, ...]]) -> None:
+        keyed = [(k, *values, 7) for k, values in enumerate(rows)]
+        cql_types = ["bigint", *NATIVE_COLUMNS.values(), "bigint"]
+        _copy_text(
+            postgres_dsn,
+            table,
+            [[_stored_text(c, v) for c, v in zip(cql_types, row, strict=True)] for row in keyed],
+        )
+        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+        target = read_slice_index(tmp_path, slice_id(0, 1), schema).drop_columns([ROW_HASH_COLUMN])
+
+        expected = from_python_rows(keyed, schema)
+        assert target.schema.equals(expected.schema)
+        assert [repr(r) for r in target.sort_by("k").to_pylist()] == [
+            repr(r) for r in pa.Table.from_batches([expected]).sort_by("k").to_pylist()
+        ]
+
+    check()
+
+
+def test_a_wider_target_integer_that_does_not_fit_is_named(
+    pg_schema: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    table = _native_table(pg_schema, postgres_dsn, "narrow")
+    relation = sql.Identifier(table.target_schema, table.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (k, ti, {}) VALUES (1, 300, 7)").format(
+                relation, sql.Identifier(VERSION)
+            )
+        )
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+
+    with pytest.raises(ReconcileError, match=r"column 'ti' \(tinyint\).*int16.*int8"):
+        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+
+
+def test_target_timestamp_without_zone_and_time_columns_are_read_natively(
+    pg_schema: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A hand-made target may hold a timestamp without zone (read as UTC) or a PostgreSQL time
+    (the DDL makes bigint nanoseconds); both come in their own types, floored to ms."""
+    table = _native_table(pg_schema, postgres_dsn, "naive")
+    relation = sql.Identifier(table.target_schema, table.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} ALTER COLUMN ts TYPE timestamp USING ts AT TIME ZONE 'UTC', "
+                "ALTER COLUMN tm TYPE time USING NULL"
+            ).format(relation)
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (k, ts, tm, {}) "
+                "VALUES (1, '2026-01-02 03:04:05.678901', '23:59:59.999999', 7)"
+            ).format(relation, sql.Identifier(VERSION))
+        )
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+
+    build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+
+    row = read_slice_index(tmp_path, slice_id(0, 1), schema).to_pylist()[0]
+    assert row["ts"] == dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
+    assert row["tm"] == dt.time(23, 59, 59, 999000)
+
+
+def test_only_exactly_typed_columns_skip_the_text_round_trip(pg_schema: str) -> None:
+    table = TableSpec.model_validate(
+        {
+            "source": "ks.mixed",
+            "target": f"{pg_schema}.mixed",
+            "partition_key": ["k"],
+            "columns": {"k": "bigint", "n": "int", "amount": "decimal", "tags": "list<text>"},
+        }
+    )
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+    types = {"k": "int8", "n": "int8", "amount": "numeric", "tags": "_text", VERSION: "int8"}
+
+    query = typed_select(table, schema, types, select_expression)
+
+    assert query.startswith('SELECT "k", ("n")::text AS "n", (trim_scale("amount"))::text')
+    assert '(to_json("tags"))::text AS "tags"' in query
+    assert query.endswith(f'"{VERSION}" FROM "{pg_schema}"."mixed"')

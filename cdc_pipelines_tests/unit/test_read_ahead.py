@@ -1,4 +1,4 @@
-"""The target index's read-ahead keeps order, re-raises the producer's error and stops early."""
+"""The target read-ahead keeps order, re-raises the producer's error and stops early."""
 
 from __future__ import annotations
 
@@ -7,26 +7,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from cdc_pipelines.postgres.target_index import _read_ahead
+from cdc_pipelines.postgres.arrow_read import read_ahead
 
 
 def test_items_arrive_in_order() -> None:
-    assert list(_read_ahead(iter(range(50)), depth=2)) == list(range(50))
+    with read_ahead(iter(range(50)), depth=2) as items:
+        assert list(items) == list(range(50))
 
 
 def test_a_producer_error_is_raised_in_the_consumer() -> None:
     def failing() -> Iterator[int]:
         yield 1
-        raise ValueError("block 2 is not CSV")
+        raise ValueError("block 2 is not readable")
 
     consumed = []
-    with pytest.raises(ValueError, match="block 2 is not CSV"):
-        for item in _read_ahead(failing()):
+    with pytest.raises(ValueError, match="block 2 is not readable"), read_ahead(failing()) as items:
+        for item in items:
             consumed.append(item)
     assert consumed == [1]
 
 
-def test_leaving_early_stops_the_producer() -> None:
+def test_leaving_early_stops_the_producer_before_the_context_exits() -> None:
     produced = []
     finished = threading.Event()
 
@@ -40,9 +41,28 @@ def test_leaving_early_stops_the_producer() -> None:
         finally:
             finished.set()
 
-    reader = _read_ahead(endless(), depth=2)
-    assert next(reader) == 0
-    reader.close()
+    with read_ahead(endless(), depth=2) as items:
+        assert next(items) == 0
 
-    assert finished.wait(5), "the producer kept running after the consumer left"
+    assert finished.is_set(), "the producer was still running when the context exited"
     assert len(produced) <= 5  # at most the queue's depth ahead, plus the batch in hand
+
+
+def test_a_producer_blocked_in_a_read_is_cancelled() -> None:
+    release = threading.Event()
+    cancelled = []
+
+    def blocked() -> Iterator[int]:
+        yield 0
+        release.wait(30)  # a read that only a cancel ends
+        raise RuntimeError("query cancelled")
+
+    def cancel() -> None:
+        cancelled.append(True)
+        release.set()
+
+    with read_ahead(blocked(), cancel=cancel) as items:
+        assert next(items) == 0
+
+    assert cancelled == [True]
+    assert release.is_set()
