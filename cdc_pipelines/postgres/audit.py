@@ -1,8 +1,12 @@
 """The repair audit trail: which run changed which row, in which batch, and why.
 
 ``repair_batches`` holds one row per applied batch (the resume marker: a rerun with the same
-run id skips batches recorded there); ``repair_actions`` one row per key a batch touched or
-deliberately left alone. Both live in a configurable schema (``cdc_audit`` by default).
+run id skips batches recorded there). ``repair_action_sets`` holds one row per batch and
+action, with every key that action covered: the key columns as parallel JSON arrays
+(``{"id": [1, 2], "region": ["eu", "us"]}``) and the versions as a ``bigint[]``. Writing one
+set per batch instead of one row per key makes the per-key trail nearly free. The view
+``repair_actions`` unrolls the sets into one row per key a batch touched or deliberately
+left alone. All live in a configurable schema (``cdc_audit`` by default).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from psycopg.pq import TransactionStatus
 from cdc_pipelines.errors import ReconcileError, ServiceError
 
 DEFAULT_AUDIT_SCHEMA = "cdc_audit"
-ACTIONS_TABLE = "repair_actions"
+ACTIONS_VIEW = "repair_actions"
+ACTION_SETS_TABLE = "repair_action_sets"
 BATCHES_TABLE = "repair_batches"
 
 
@@ -35,11 +40,11 @@ class RepairAction(StrEnum):
 
 
 class AuditDetail(StrEnum):
-    """Which actions get one ``repair_actions`` row per key (every batch is counted either way)."""
+    """Which actions have their keys recorded (every batch is counted either way)."""
 
     KEYS = "keys"  # every action, upserts included: the full trail
     EXCEPTIONS = "exceptions"  # deletes and keys left alone because newer or gone; upserts and
-    # unchanged keys only counted in repair_batches (bulk repairs: about 1.5× faster)
+    # unchanged keys only counted in repair_batches
 
     @property
     def recorded(self) -> frozenset[RepairAction]:
@@ -56,7 +61,12 @@ class AuditTables:
 
     @property
     def actions(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, ACTIONS_TABLE)
+        """The per-key view over :attr:`action_sets`."""
+        return sql.Identifier(self.schema, ACTIONS_VIEW)
+
+    @property
+    def action_sets(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, ACTION_SETS_TABLE)
 
     @property
     def batches(self) -> sql.Identifier:
@@ -65,7 +75,7 @@ class AuditTables:
 
 @dataclass(frozen=True)
 class AuditedAction:
-    """One row of ``repair_actions``."""
+    """One row of the ``repair_actions`` view: one key of one action set."""
 
     run_id: str
     target_table: str
@@ -119,17 +129,24 @@ _CREATE = (
 )"""
     ),
     sql.SQL(
-        """CREATE TABLE IF NOT EXISTS {actions} (
+        """CREATE TABLE IF NOT EXISTS {action_sets} (
     run_id text NOT NULL,
     target_table text NOT NULL,
     batch integer NOT NULL,
     action text NOT NULL CHECK (action IN ({action_values})),
-    key jsonb NOT NULL,
-    version bigint,
+    keys jsonb NOT NULL,
+    versions bigint[] NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
     ),
-    sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {actions} (run_id)"),
+    sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {action_sets} (run_id)"),
+)
+_CREATE_VIEW = sql.SQL(
+    """CREATE VIEW {actions} AS
+SELECT s.run_id, s.target_table, s.batch, s.action,
+       (SELECT jsonb_object_agg(k.key, k.value -> (i.n - 1)) FROM jsonb_each(s.keys) AS k) AS key,
+       s.versions[i.n] AS version, s.applied_at
+FROM {action_sets} AS s, generate_subscripts(s.versions, 1) AS i (n)"""
 )
 
 
@@ -143,21 +160,40 @@ def ensure_audit_tables(conn: psycopg.Connection[Any], tables: AuditTables) -> N
         "schema": sql.Identifier(tables.schema),
         "batches": tables.batches,
         "actions": tables.actions,
+        "action_sets": tables.action_sets,
         "action_values": _ACTION_VALUES,
-        "index": sql.Identifier(f"{ACTIONS_TABLE}_run_id_idx"),
+        "index": sql.Identifier(f"{ACTION_SETS_TABLE}_run_id_idx"),
     }
     try:
         with conn.transaction():
             for statement in _CREATE:
                 conn.execute(statement.format(**parts))
-    except psycopg.errors.UniqueViolation:
-        # Two first-time repairs raced on CREATE … IF NOT EXISTS; the other one created it.
+            kind = _relation_kind(conn, tables.actions)
+            if kind is None:
+                conn.execute(_CREATE_VIEW.format(**parts))
+            elif kind != "v":
+                raise ReconcileError(
+                    f"{tables.schema}.{ACTIONS_VIEW} is a table (one row per key, from an "
+                    f"earlier cdc-pipelines); keys are now recorded in {ACTION_SETS_TABLE} and "
+                    f"{ACTIONS_VIEW} is a view over it. Rename the old table to keep its rows: "
+                    f'ALTER TABLE "{tables.schema}".{ACTIONS_VIEW} RENAME TO {ACTIONS_VIEW}_v1'
+                )
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        # Two first-time repairs raced on creating them; the other one did.
         pass
     except psycopg.Error as exc:
         raise ServiceError(
             f"cannot create the repair audit tables in schema {tables.schema!r}: {exc}; grant "
             "CREATE on the database or create the schema beforehand"
         ) from None
+
+
+def _relation_kind(conn: psycopg.Connection[Any], relation: sql.Identifier) -> str | None:
+    row = conn.execute(
+        "SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass(%s)",
+        (relation.as_string(conn),),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 @dataclass(frozen=True)
@@ -212,28 +248,50 @@ class BatchAudit:
             )
         )
 
-    def insert_actions(
+    def insert_action_sets(
         self,
         action: sql.Composable,
-        key: sql.Composable,
+        keys: sql.Composable,
         version: sql.Composable,
         source: sql.Composable,
     ) -> sql.Composed:
-        """``INSERT … SELECT`` of one action row per row of ``source`` (for a WITH clause)."""
+        """``INSERT … SELECT`` of one action set per action among the rows of ``source`` (for a
+        WITH clause). ``keys`` aggregates the key columns (see :func:`key_arrays`); the
+        versions are aggregated in the same row order. No rows, no set."""
         return sql.SQL(
-            "INSERT INTO {actions} (run_id, target_table, batch, action, key, version)\n"
-            "    SELECT {run}, {table}, {batch}, {action}, {key}, {version} FROM {source}\n"
+            "INSERT INTO {sets} (run_id, target_table, batch, action, keys, versions)\n"
+            "    SELECT {run}, {table}, {batch}, {action}, {keys}, array_agg({version})\n"
+            "    FROM {source} GROUP BY 4\n"
             "    RETURNING action"
         ).format(
-            actions=self.tables.actions,
+            sets=self.tables.action_sets,
             run=sql.Literal(self.run_id),
             table=sql.Literal(self.target_table),
             batch=sql.Literal(self.batch),
             action=action,
-            key=key,
+            keys=keys,
             version=version,
             source=source,
         )
+
+
+# jsonb_build_object takes at most 100 arguments: 50 key/value pairs.
+JSON_OBJECT_MAX_PAIRS = 50
+
+
+def key_arrays(columns: list[sql.Composable], names: list[str]) -> sql.Composable:
+    """``{"name": [values…], …}`` over the aggregated rows: one JSON array per key column."""
+    pairs = [
+        sql.SQL("{}, jsonb_agg({})").format(sql.Literal(name), column)
+        for name, column in zip(names, columns, strict=True)
+    ]
+    objects = [
+        sql.SQL("jsonb_build_object({})").format(
+            sql.SQL(", ").join(pairs[i : i + JSON_OBJECT_MAX_PAIRS])
+        )
+        for i in range(0, len(pairs), JSON_OBJECT_MAX_PAIRS)
+    ]
+    return sql.SQL(" || ").join(objects)
 
 
 def _run_filter(run_id: str, target_table: str | None) -> sql.Composed:
@@ -256,14 +314,14 @@ def read_run_actions(
     tables: AuditTables | None = None,
     target_table: str | None = None,
 ) -> list[AuditedAction]:
-    """Every action a run recorded (optionally for one target table), by batch."""
+    """Every key action a run recorded (optionally for one target table), by batch."""
     tables = tables or AuditTables()
     query = sql.SQL(
         "SELECT run_id, target_table, batch, action, key, version, applied_at FROM {actions} "
         "WHERE {where} ORDER BY target_table, batch, action, key"
     ).format(actions=tables.actions, where=_run_filter(run_id, target_table))
     with conn.transaction():
-        rows = conn.execute(query).fetchall() if _exists(conn, tables.actions) else []
+        rows = conn.execute(query).fetchall() if _exists(conn, tables.action_sets) else []
     return [AuditedAction(r[0], r[1], r[2], RepairAction(r[3]), r[4], r[5], r[6]) for r in rows]
 
 

@@ -50,6 +50,7 @@ from cdc_pipelines.postgres.audit import (
     BatchAudit,
     RepairAction,
     ensure_audit_tables,
+    key_arrays,
 )
 from cdc_pipelines.postgres.literals import (
     ColumnType,
@@ -75,8 +76,6 @@ DEFAULT_LOCK_TIMEOUT_MS = 30_000
 DEFAULT_MAX_RETRIES = 3
 RETRY_BACKOFF_S = 0.5
 FINGERPRINT_CHARS = 32
-# jsonb_build_object takes at most 100 arguments: 50 key/value pairs.
-JSON_OBJECT_MAX_PAIRS = 50
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 ROWS_TEMP_NAME = "cdc_repair_rows"
 KEYS_TEMP_NAME = "cdc_repair_keys"
@@ -705,17 +704,10 @@ def batch_count(plan: RepairPlan, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     return -(-plan.upsert_count // batch_size) + -(-plan.delete_count // batch_size)
 
 
-def _key_json(alias: sql.Identifier, plan: RepairPlan) -> sql.Composable:
-    pairs = [
-        sql.SQL("{}, {}").format(sql.Literal(c.name), _col(alias, c.name)) for c in plan.key_columns
-    ]
-    objects = [
-        sql.SQL("jsonb_build_object({})").format(
-            sql.SQL(", ").join(pairs[i : i + JSON_OBJECT_MAX_PAIRS])
-        )
-        for i in range(0, len(pairs), JSON_OBJECT_MAX_PAIRS)
-    ]
-    return sql.SQL(" || ").join(objects)
+def _key_arrays(alias: sql.Identifier, plan: RepairPlan) -> sql.Composable:
+    return key_arrays(
+        [_col(alias, c.name) for c in plan.key_columns], [c.name for c in plan.key_columns]
+    )
 
 
 def _batch_statement(
@@ -758,9 +750,9 @@ def _batch_statement(
     ]
     if done_action in detail.recorded:
         source = sql.SQL("done AS {}").format(done)
-        insert = audit.insert_actions(
+        insert = audit.insert_action_sets(
             sql.Literal(done_action.value),
-            _key_json(done, plan),
+            _key_arrays(done, plan),
             _col(done, plan.version.name),
             source,
         )
@@ -773,8 +765,8 @@ def _batch_statement(
             sql.SQL(", ").join(sql.Literal(a.value) for a in recorded),
             some_left,
         )
-        insert = audit.insert_actions(
-            _col(left, "action"), _key_json(left, plan), _col(left, plan.version.name), source
+        insert = audit.insert_action_sets(
+            _col(left, "action"), _key_arrays(left, plan), _col(left, plan.version.name), source
         )
         parts.append(sql.SQL("audit_left AS (\n    {}\n)").format(insert))
     # Data-modifying WITH parts run whether or not the final SELECT reads them.

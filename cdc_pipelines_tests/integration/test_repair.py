@@ -695,3 +695,68 @@ def test_exception_audit_records_only_deletes_and_keys_left_alone(
     (batch_0, batch_1) = read_run_batches(conn, "exceptions", tables=audit)
     assert (batch_0.upserted, batch_0.skipped_unchanged, batch_0.skipped_newer) == (1, 1, 1)
     assert (batch_1.deleted, batch_1.skipped_absent) == (1, 1)
+
+
+def test_the_per_key_trail_is_one_set_per_batch_and_action_unrolled_by_the_view(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    table = hostile_table(pg_schema)
+    create_target(postgres_dsn, table)
+    seed = [hostile_row(i, 5) for i in range(4)]
+    apply_repair(conn, plan_repair(table, VERSION, seed, run_id="seed"), audit=audit)
+    newer = hostile_row(3, 9)
+    apply_repair(conn, plan_repair(table, VERSION, [newer], run_id="newer"), audit=audit)
+    rows = [hostile_row(0, 5), hostile_row(1, 7), hostile_row(3, 8), hostile_row(4, 7)]
+    extras = [
+        ExtraRow(key_of(hostile_row(2, 5), table), 5),
+        ExtraRow(key_of(hostile_row(7, 5), table), 5),
+    ]
+
+    apply_repair(conn, plan_repair(table, VERSION, rows, extras, run_id="trail"), audit=audit)
+
+    recorded = {
+        (a.key["MixedCase"], a.action, a.version)
+        for a in read_run_actions(conn, "trail", tables=audit)
+    }
+    assert recorded == {
+        (0, RepairAction.SKIP_UNCHANGED, 5),
+        (1, RepairAction.UPSERT, 7),
+        (3, RepairAction.SKIP_NEWER, 8),
+        (4, RepairAction.UPSERT, 7),
+        (2, RepairAction.DELETE, 5),
+        (7, RepairAction.SKIP_ABSENT, 5),
+    }
+    keys = [a.key for a in read_run_actions(conn, "trail", tables=audit)]
+    assert all(k["user"].startswith(f"user-{k['MixedCase']}-") for k in keys)
+    sets = conn.execute(
+        sql.SQL(
+            "SELECT batch, action, cardinality(versions) FROM {} WHERE run_id = 'trail' "
+            "ORDER BY 1, 2"
+        ).format(audit.action_sets)
+    ).fetchall()
+    assert sets == [
+        (0, "skip_newer", 1),
+        (0, "skip_unchanged", 1),
+        (0, "upsert", 2),
+        (1, "delete", 1),
+        (1, "skip_absent", 1),
+    ]
+
+
+def test_an_audit_table_from_an_earlier_layout_is_named_and_nothing_is_written(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as setup:
+        setup.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(audit.schema)))
+        setup.execute(sql.SQL("CREATE TABLE {} (run_id text, key jsonb)").format(audit.actions))
+
+    with pytest.raises(
+        ReconcileError, match=r"repair_actions is a table.*RENAME TO repair_actions_v1"
+    ):
+        apply_repair(
+            conn, plan_repair(table, VERSION, [(1, "a", 1, 5)], run_id="legacy"), audit=audit
+        )
+
+    assert table_state(postgres_dsn, table) == []
