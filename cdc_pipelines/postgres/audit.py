@@ -128,23 +128,31 @@ _CREATE = (
     PRIMARY KEY (run_id, target_table, batch)
 )"""
     ),
+)
+_CREATE_SETS = (
     sql.SQL(
-        """CREATE TABLE IF NOT EXISTS {action_sets} (
+        """CREATE TABLE {action_sets} (
     run_id text NOT NULL,
     target_table text NOT NULL,
     batch integer NOT NULL,
     action text NOT NULL CHECK (action IN ({action_values})),
-    keys jsonb NOT NULL,
+    keys json NOT NULL,
     versions bigint[] NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now()
 )"""
     ),
-    sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {action_sets} (run_id)"),
+    # A batch's key set is a few hundred kB: stored out of line uncompressed, since pglz
+    # compressing it cost about as much as building it.
+    sql.SQL(
+        "ALTER TABLE {action_sets} ALTER COLUMN keys SET STORAGE EXTERNAL, "
+        "ALTER COLUMN versions SET STORAGE EXTERNAL"
+    ),
 )
+_CREATE_INDEX = sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {action_sets} (run_id)")
 _CREATE_VIEW = sql.SQL(
     """CREATE VIEW {actions} AS
 SELECT s.run_id, s.target_table, s.batch, s.action,
-       (SELECT jsonb_object_agg(k.key, k.value -> (i.n - 1)) FROM jsonb_each(s.keys) AS k) AS key,
+       (SELECT jsonb_object_agg(k.key, k.value -> (i.n - 1)) FROM json_each(s.keys) AS k) AS key,
        s.versions[i.n] AS version, s.applied_at
 FROM {action_sets} AS s, generate_subscripts(s.versions, 1) AS i (n)"""
 )
@@ -168,6 +176,10 @@ def ensure_audit_tables(conn: psycopg.Connection[Any], tables: AuditTables) -> N
         with conn.transaction():
             for statement in _CREATE:
                 conn.execute(statement.format(**parts))
+            if _relation_kind(conn, tables.action_sets) is None:
+                for statement in _CREATE_SETS:
+                    conn.execute(statement.format(**parts))
+            conn.execute(_CREATE_INDEX.format(**parts))
             kind = _relation_kind(conn, tables.actions)
             if kind is None:
                 conn.execute(_CREATE_VIEW.format(**parts))
@@ -280,18 +292,26 @@ JSON_OBJECT_MAX_PAIRS = 50
 
 
 def key_arrays(columns: list[sql.Composable], names: list[str]) -> sql.Composable:
-    """``{"name": [values…], …}`` over the aggregated rows: one JSON array per key column."""
+    """``{"name": [values…], …}`` over the aggregated rows: one JSON array per key column.
+
+    ``json`` rather than ``jsonb``: building it is only text output per value, which keeps
+    the per-key trail cheap; the ``repair_actions`` view reads it back as ``jsonb``.
+    """
     pairs = [
-        sql.SQL("{}, jsonb_agg({})").format(sql.Literal(name), column)
+        sql.SQL("{}, json_agg({})").format(sql.Literal(name), column)
         for name, column in zip(names, columns, strict=True)
     ]
     objects = [
-        sql.SQL("jsonb_build_object({})").format(
+        sql.SQL("json_build_object({})").format(
             sql.SQL(", ").join(pairs[i : i + JSON_OBJECT_MAX_PAIRS])
         )
         for i in range(0, len(pairs), JSON_OBJECT_MAX_PAIRS)
     ]
-    return sql.SQL(" || ").join(objects)
+    if len(objects) == 1:
+        return objects[0]
+    # More than 50 key columns: json has no ||, so the chunks are merged as jsonb.
+    merged = sql.SQL(" || ").join(sql.SQL("{}::jsonb").format(o) for o in objects)
+    return sql.SQL("({})::json").format(merged)
 
 
 def _run_filter(run_id: str, target_table: str | None) -> sql.Composed:

@@ -731,7 +731,7 @@ def _batch_statement(
     done, left, rows = sql.Identifier("d"), sql.Identifier("l"), sql.Identifier("r")
     keyed = (*plan.key_columns, plan.version)
     recorded = [a for a in RepairAction if a in detail.recorded and a is not done_action]
-    parts = [
+    parts: list[sql.Composable] = [
         sql.SQL("WITH done AS (\n    {change}\n    RETURNING {returning}\n)").format(
             change=change,
             returning=sql.SQL(", ").join(_col(TARGET_ALIAS, c.name) for c in keyed),
@@ -757,7 +757,9 @@ def _batch_statement(
             source,
         )
         parts.append(sql.SQL("audit_done AS (\n    {}\n)").format(insert))
-    some_left = sql.SQL("(SELECT count(*) FROM done) < {}").format(sql.Literal(batch_rows))
+    # Counted once: every other part compares against it.
+    parts.append(sql.SQL("done_count AS (SELECT count(*) AS n FROM done)"))
+    some_left = sql.SQL("(SELECT n FROM done_count) < {}").format(sql.Literal(batch_rows))
     if recorded:
         source = sql.SQL("left_alone AS {} WHERE {} IN ({}) AND {}").format(
             left,
@@ -771,7 +773,7 @@ def _batch_statement(
         parts.append(sql.SQL("audit_left AS (\n    {}\n)").format(insert))
     # Data-modifying WITH parts run whether or not the final SELECT reads them.
     count = sql.SQL(
-        "SELECT {done_action}, count(*) FROM done\n"
+        "SELECT {done_action}, n FROM done_count\n"
         "UNION ALL SELECT action, count(*) FROM left_alone WHERE {some_left} GROUP BY action"
     ).format(done_action=sql.Literal(done_action.value), some_left=some_left)
     return sql.SQL("{}\n{}").format(sql.SQL(",\n").join(parts), count)
