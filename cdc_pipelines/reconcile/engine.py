@@ -636,8 +636,10 @@ def repair_slice(
     sql_path.write_text(plan.sql_script())
     outcome = None
     if apply and (plan.upsert_count or plan.delete_count):
-        with psycopg.connect(settings.postgres_dsn) as conn:
-            outcome = apply_repair(conn, plan, run_id, audit_detail=audit_detail)
+        # As many connections as the CLI uses by default (ReconcileOptions.workers).
+        options = ReconcileOptions(scratch=scratch, audit_detail=audit_detail)
+        with _Repairer(settings, run_id, options) as repairer:
+            outcome = repairer.apply(plan)
     return SliceRepair(verification, plan, sql_path, outcome)
 
 
