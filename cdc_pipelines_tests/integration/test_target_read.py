@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from cdc_pipelines.config import TableSpec
-from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.postgres.arrow_read import typed_select
 from cdc_pipelines.postgres.ddl import create_statements
 from cdc_pipelines.postgres.target_index import (
@@ -319,3 +319,17 @@ def test_only_exactly_typed_columns_skip_the_text_round_trip(pg_schema: str) -> 
     assert query.startswith('SELECT "k", ("n")::text AS "n", (trim_scale("amount"))::text')
     assert '(to_json("tags"))::text AS "tags"' in query
     assert query.endswith(f'"{VERSION}" FROM "{pg_schema}"."mixed"')
+
+
+def test_an_unreachable_postgres_and_a_missing_table_are_named(
+    numbers: TableSpec, postgres_dsn: str, tmp_path: Path
+) -> None:
+    schema = CanonicalSchema.from_table(numbers, version_column=VERSION)
+    closed_port = "postgresql://cdc:cdc@127.0.0.1:1/cdc"
+    with pytest.raises(ServiceError, match=r"cannot connect to PostgreSQL.*CDC_POSTGRES_DSN"):
+        build_target_index(closed_port, numbers, schema, 1, tmp_path)
+
+    missing = numbers.model_copy(update={"target": f"{numbers.target_schema}.nowhere"})
+    with pytest.raises(ServiceError, match=r"\.nowhere does not exist.*ddl apply"):
+        build_target_index(postgres_dsn, missing, schema, 1, tmp_path)
+    assert not list(tmp_path.glob("slice=*"))
