@@ -1130,10 +1130,26 @@ def _from_postgres(
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema)
 
 
+# The earliest timestamp and date PostgreSQL stores (4713-11-24 BC), since the Unix epoch.
+# ADBC's binary reader shifts PostgreSQL's 2000-based values without an overflow check, so
+# ±infinity and the years past 294,247 come out below these.
+_POSTGRES_MIN_MICROS = -210_866_803_200_000_000
+_POSTGRES_MIN_DAYS = -2_440_588
+
+
 def _native_column(values: pa.Array, column: CanonicalColumn, schema: CanonicalSchema) -> pa.Array:
     """A column ADBC read in its own type (uuid arrives as an extension over 16 bytes)."""
     if isinstance(values.type, pa.BaseExtensionType):
         values = values.storage
+    if pa.types.is_timestamp(values.type) or pa.types.is_date32(values.type):
+        storage = values.cast(pa.int64() if pa.types.is_timestamp(values.type) else pa.int32())
+        smallest = pc.min(storage).as_py()
+        floor = _POSTGRES_MIN_MICROS if pa.types.is_timestamp(values.type) else _POSTGRES_MIN_DAYS
+        if smallest is not None and smallest < floor:
+            raise ReconcileError(
+                f"column {column.name!r} ({column.cql_type}): the target holds infinity or a "
+                "date beyond what Cassandra can store; repair or delete that target row"
+            )
     try:
         converted = values.cast(column.arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

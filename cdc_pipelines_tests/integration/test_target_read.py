@@ -333,3 +333,23 @@ def test_an_unreachable_postgres_and_a_missing_table_are_named(
     with pytest.raises(ServiceError, match=r"\.nowhere does not exist.*ddl apply"):
         build_target_index(postgres_dsn, missing, schema, 1, tmp_path)
     assert not list(tmp_path.glob("slice=*"))
+
+
+@pytest.mark.parametrize(("column", "value"), [("ts", "infinity"), ("dt", "-infinity")])
+def test_infinite_target_timestamps_and_dates_are_named(
+    pg_schema: str, postgres_dsn: str, tmp_path: Path, column: str, value: str
+) -> None:
+    """ADBC turns PostgreSQL's infinities into wrapped-around numbers; they must not pass."""
+    table = _native_table(pg_schema, postgres_dsn, "endless")
+    relation = sql.Identifier(table.target_schema, table.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {} (k, {}, {}) VALUES (1, %s, 7)").format(
+                relation, sql.Identifier(column), sql.Identifier(VERSION)
+            ),
+            (value,),
+        )
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+
+    with pytest.raises(ReconcileError, match=rf"column '{column}'.*infinity"):
+        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
