@@ -857,18 +857,24 @@ def normalize(table: pa.Table, schema: CanonicalSchema) -> pa.Table:
         )
     arrays = []
     for column in schema.columns:
-        values = table.column(column.name)
-        if values.type != column.arrow_type:
-            try:
-                values = values.cast(column.arrow_type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ReconcileError(
-                    f"table {schema.table}: column {column.name!r} has Arrow type {values.type}, "
-                    f"expected {column.arrow_type}: {exc}"
-                ) from None
-        chunks = [_truncate(chunk, column, schema) for chunk in values.chunks]
+        chunks = [_conform(c, column, schema) for c in table.column(column.name).chunks]
         arrays.append(pa.chunked_array(chunks, column.arrow_type))
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema)
+
+
+def _conform(values: pa.Array, column: CanonicalColumn, schema: CanonicalSchema) -> pa.Array:
+    """Cast exactly to the canonical type (an integer that does not fit is an error), then
+    floor a compared timestamp or time to the declared precision."""
+    if values.type != column.arrow_type:
+        try:
+            values = values.cast(column.arrow_type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ReconcileError(
+                f"table {schema.table}: column {column.name!r} ({column.cql_type}) has Arrow "
+                f"type {values.type}, which does not convert to {column.arrow_type}: {exc}; "
+                "check the column's type against the declaration"
+            ) from None
+    return _truncate(values, column, schema)
 
 
 # --------------------------------------------------------------------------- PostgreSQL text
@@ -1150,15 +1156,7 @@ def _native_column(values: pa.Array, column: CanonicalColumn, schema: CanonicalS
                 f"column {column.name!r} ({column.cql_type}): the target holds infinity or a "
                 "date beyond what Cassandra can store; repair or delete that target row"
             )
-    try:
-        converted = values.cast(column.arrow_type)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ReconcileError(
-            f"column {column.name!r} ({column.cql_type}): the target's {values.type} values do "
-            f"not fit {column.arrow_type}: {exc}; check the target column type against the "
-            "declaration"
-        ) from None
-    return _truncate(converted, column, schema)
+    return _conform(values, column, schema)
 
 
 _NUMERIC_SPECIALS = pa.array(["NaN", "Infinity", "-Infinity"])
