@@ -81,6 +81,10 @@ text; blob as ``bytea`` (hex output ``\\x…``); uuid/timeuuid as ``uuid``; time
 object or an array of ``[key, value]`` pairs for map, an object for a UDT; blob elements as
 ``0x``/``\\x`` hex or base64, timestamp elements as ISO text or integer ms. The version
 column is ``bigint`` µs.
+
+The target index reads typed instead (``postgres.arrow_read``): columns whose PostgreSQL
+type maps exactly arrive in their own Arrow types, the others as the text above, and
+``from_postgres_columns`` takes both.
 """
 
 from __future__ import annotations
