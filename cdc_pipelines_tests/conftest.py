@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from cdc_pipelines.devstack import stack
 from cdc_pipelines.devstack.layout import StackLayout
@@ -21,6 +22,12 @@ from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.settings import ENV_NAMES, ConnectionSettings
 
 INTEGRATION_DIRS = ("integration", "e2e")
+
+# The test command draws each property test's examples from the test itself, so the same
+# code gets the same verdict on every machine. HYPOTHESIS_PROFILE=explore draws new ones.
+hypothesis_settings.register_profile("reproducible", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "reproducible"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
