@@ -1196,15 +1196,10 @@ def _version_from_text(values: pa.Array, schema: CanonicalSchema) -> pa.Array:
         ) from None
 
 
-def postgres_csv_options(
-    names: Sequence[str], block_size: int | None = None, *, threads: bool = True
-) -> dict[str, Any]:
+def postgres_csv_options(names: Sequence[str]) -> dict[str, Any]:
     """pyarrow CSV options for PostgreSQL's ``COPY … (FORMAT CSV)`` output: every column as
-    text, unquoted empty = NULL, quoted ``""`` = empty string, newlines inside values.
-    ``threads=False`` parses each block in the calling thread (no parallel read-ahead)."""
-    read = pa_csv.ReadOptions(column_names=list(names), use_threads=threads)
-    if block_size:
-        read.block_size = block_size
+    text, unquoted empty = NULL, quoted ``""`` = empty string, newlines inside values."""
+    read = pa_csv.ReadOptions(column_names=list(names))
     return {
         "read_options": read,
         "parse_options": pa_csv.ParseOptions(newlines_in_values=True),
