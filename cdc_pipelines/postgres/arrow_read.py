@@ -10,6 +10,7 @@ COPY, and the client a CSV parse.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -30,6 +31,7 @@ READ_AHEAD = 2  # batches waiting for the indexing thread
 STOP_WAIT_S = 0.5  # how long a producer may take to notice a stop before its read is cancelled
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 TextExpression = Callable[[TableSpec, str], sql.Composable]
 
 _INTEGERS = {"tinyint": "int2", "smallint": "int2", "int": "int4", "bigint": "int8"}
@@ -169,7 +171,12 @@ def read_ahead(
         stop.set()
         producer.join(STOP_WAIT_S)
         if producer.is_alive() and cancel is not None:
-            cancel()
+            try:
+                cancel()
+            except Exception as exc:  # the consumer's own error, if any, is the one to report
+                log.warning("cancelling the target read failed: %s", exc)
+            # Cancelled or not, the producer leaves the stream before the caller closes it
+            # (without a cancel, once its read returns and it sees the stop).
             producer.join()
 
 
@@ -201,9 +208,11 @@ def read_target_batches(
 
 
 def _batches(reader: pa.RecordBatchReader, table: TableSpec) -> Iterator[pa.RecordBatch]:
+    # fetch_record_batch hands out pyarrow's own reader: a failure mid-stream (the server
+    # ended the query, the connection dropped) arrives as an Arrow error or OSError.
     try:
         yield from reader
-    except adbc_driver_manager.Error as exc:
+    except (adbc_driver_manager.Error, pa.ArrowException, OSError) as exc:
         raise _read_failed(table, exc) from None
 
 

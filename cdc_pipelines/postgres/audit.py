@@ -149,12 +149,19 @@ _CREATE_SETS = (
     ),
 )
 _CREATE_INDEX = sql.SQL("CREATE INDEX IF NOT EXISTS {index} ON {action_sets} (run_id)")
+# Each set's JSON is parsed once: every key column's array is unrolled with its ordinal,
+# and the columns are gathered back into one key object per ordinal.
 _CREATE_VIEW = sql.SQL(
     """CREATE VIEW {actions} AS
-SELECT s.run_id, s.target_table, s.batch, s.action,
-       (SELECT jsonb_object_agg(k.key, k.value -> (i.n - 1)) FROM json_each(s.keys) AS k) AS key,
-       s.versions[i.n] AS version, s.applied_at
-FROM {action_sets} AS s, generate_subscripts(s.versions, 1) AS i (n)"""
+SELECT s.run_id, s.target_table, s.batch, s.action, u.key, s.versions[u.n::integer] AS version,
+       s.applied_at
+FROM {action_sets} AS s
+CROSS JOIN LATERAL (
+    SELECT e.n, jsonb_object_agg(k.key, e.value) AS key
+    FROM json_each(s.keys) AS k
+    CROSS JOIN LATERAL json_array_elements(k.value) WITH ORDINALITY AS e (value, n)
+    GROUP BY e.n
+) AS u"""
 )
 
 

@@ -1160,6 +1160,14 @@ def _native_column(values: pa.Array, column: CanonicalColumn, schema: CanonicalS
                 f"column {column.name!r} ({column.cql_type}): the target holds infinity or a "
                 "date beyond what Cassandra can store; repair or delete that target row"
             )
+    if pa.types.is_time(values.type):
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[values.type.unit]
+        largest = pc.max(values.cast(pa.int64())).as_py()
+        if largest is not None and largest >= SECONDS_PER_DAY * per_second:
+            raise ReconcileError(
+                f"column {column.name!r} ({column.cql_type}): the target holds 24:00:00, "
+                "which a CQL time cannot; repair or delete that target row"
+            )
     return _conform(values, column, schema)
 
 

@@ -324,6 +324,7 @@ def test_an_unreachable_postgres_and_a_missing_table_are_named(
         ("ts", "infinity", r"column 'ts' \(timestamp\).*infinity"),
         ("dt", "-infinity", r"column 'dt' \(date\).*infinity"),
     ],
+    ids=["tinyint-overflow", "timestamp-infinity", "date-infinity"],
 )
 def test_native_values_the_source_cannot_hold_are_named(
     pg_schema: str, postgres_dsn: str, tmp_path: Path, column: str, value: str, message: str
@@ -341,3 +342,54 @@ def test_native_values_the_source_cannot_hold_are_named(
 
     with pytest.raises(ReconcileError, match=message):
         build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+
+
+def test_a_time_of_24_00_is_named(pg_schema: str, postgres_dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL's time accepts 24:00:00; a CQL time stops at 23:59:59.999999999."""
+    table = _native_table(pg_schema, postgres_dsn, "midnight")
+    relation = sql.Identifier(table.target_schema, table.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN tm TYPE time USING NULL").format(relation)
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (k, tm, {}) VALUES (1, '24:00:00', 7)").format(
+                relation, sql.Identifier(VERSION)
+            )
+        )
+    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+
+    with pytest.raises(ReconcileError, match=r"column 'tm' \(time\).*24:00:00"):
+        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+
+
+def test_a_connection_lost_mid_read_is_named(
+    numbers: TableSpec, postgres_dsn: str, tmp_path: Path
+) -> None:
+    relation = sql.Identifier(numbers.target_schema, numbers.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (k, amount, big, note, {}) "
+                "SELECT g, g, g, repeat('x', 40), 7 FROM generate_series(1, 1000000) AS g"
+            ).format(relation, sql.Identifier(VERSION))
+        )
+    schema = CanonicalSchema.from_table(numbers, version_column=VERSION)
+    terminated = []
+
+    def end_the_reading_backend(rows: int) -> None:
+        if terminated:
+            return
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                (f"%FROM {relation.as_string()}%",),
+            ).fetchall()
+        terminated.append(len(ended))
+
+    with pytest.raises(ServiceError, match=r"reading .*numbers from PostgreSQL failed"):
+        build_target_index(
+            postgres_dsn, numbers, schema, 1, tmp_path, on_rows=end_the_reading_backend
+        )
+    assert terminated == [1]

@@ -66,3 +66,24 @@ def test_a_producer_blocked_in_a_read_is_cancelled() -> None:
 
     assert cancelled == [True]
     assert release.is_set()
+
+
+def test_a_failing_cancel_neither_hides_the_error_nor_leaves_the_reader_running() -> None:
+    release = threading.Event()
+
+    def blocked() -> Iterator[int]:
+        yield 0
+        release.wait(30)
+        yield 1
+
+    def cancel() -> None:
+        release.set()  # the read ends on its own, as a query that runs out would
+        raise RuntimeError("could not open the cancel connection")
+
+    with (
+        pytest.raises(ValueError, match="bad batch"),
+        read_ahead(blocked(), cancel=cancel) as items,
+    ):
+        next(items)
+        raise ValueError("bad batch")
+    assert release.is_set()
