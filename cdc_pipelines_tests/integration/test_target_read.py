@@ -34,6 +34,10 @@ from cdc_pipelines_tests.unit.test_canonical import VALUE_STRATEGIES, pg_text
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 
 VERSION = "_cdc_version_us"
+LARGE_FILL = (
+    "INSERT INTO {t} (k, amount, big, note, {v}) "
+    "SELECT g, g, g, repeat('x', 40), 7 FROM generate_series(1, {rows}) AS g"
+)
 # Each example writes and indexes a table: no deadline, and the fixtures are per test.
 AGAINST_POSTGRES = settings(
     deadline=None,
@@ -72,6 +76,19 @@ def _fill(dsn: str, table: TableSpec, rows: list[tuple[Any, ...]]) -> None:
         ):
             for row in rows:
                 copy.write_row(row)
+
+
+def _run(dsn: str, table: TableSpec, *statements: str, **literals: object) -> None:
+    """SQL on the target table: ``{t}`` is the table, ``{v}`` the version column, any other
+    ``{name}`` a literal given by keyword."""
+    names: dict[str, sql.Composable] = {
+        "t": sql.Identifier(table.target_schema, table.target_table),
+        "v": sql.Identifier(VERSION),
+        **{name: sql.Literal(value) for name, value in literals.items()},
+    }
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(sql.SQL(statement).format(**names))  # type: ignore[arg-type]
 
 
 def _index(dsn: str, table: TableSpec, directory: Path) -> tuple[CanonicalSchema, Any]:
@@ -137,14 +154,7 @@ def test_bad_data_early_in_a_large_table_is_reported_as_itself(
     """Indexing stops at the first bad batch; the read, still streaming, is cancelled and must
     not mask why."""
     _fill(postgres_dsn, numbers, [(Decimal(0), Decimal("NaN"), None, None, 7)])
-    relation = sql.Identifier(numbers.target_schema, numbers.target_table)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (k, amount, big, note, {}) "
-                "SELECT g, g, g, repeat('x', 40), 7 FROM generate_series(1, 2000000) AS g"
-            ).format(relation, sql.Identifier(VERSION))
-        )
+    _run(postgres_dsn, numbers, LARGE_FILL, rows=2_000_000)
 
     with pytest.raises(ReconcileError, match=r"column 'amount'.*'NaN' is not a finite number"):
         _index(postgres_dsn, numbers, tmp_path)
@@ -260,20 +270,14 @@ def test_target_timestamp_without_zone_and_time_columns_are_read_natively(
     """A hand-made target may hold a timestamp without zone (read as UTC) or a PostgreSQL time
     (the DDL makes bigint nanoseconds); both come in their own types, floored to ms."""
     table = _native_table(pg_schema, postgres_dsn, "naive")
-    relation = sql.Identifier(table.target_schema, table.target_table)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "ALTER TABLE {} ALTER COLUMN ts TYPE timestamp USING ts AT TIME ZONE 'UTC', "
-                "ALTER COLUMN tm TYPE time USING NULL"
-            ).format(relation)
-        )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (k, ts, tm, {}) "
-                "VALUES (1, '2026-01-02 03:04:05.678901', '23:59:59.999999', 7)"
-            ).format(relation, sql.Identifier(VERSION))
-        )
+    _run(
+        postgres_dsn,
+        table,
+        "ALTER TABLE {t} ALTER COLUMN ts TYPE timestamp USING ts AT TIME ZONE 'UTC', "
+        "ALTER COLUMN tm TYPE time USING NULL",
+        "INSERT INTO {t} (k, ts, tm, {v}) "
+        "VALUES (1, '2026-01-02 03:04:05.678901', '23:59:59.999999', 7)",
+    )
     schema = CanonicalSchema.from_table(table, version_column=VERSION)
 
     build_target_index(postgres_dsn, table, schema, 1, tmp_path)
@@ -330,14 +334,12 @@ def test_native_values_the_source_cannot_hold_are_named(
     pg_schema: str, postgres_dsn: str, tmp_path: Path, column: str, value: str, message: str
 ) -> None:
     table = _native_table(pg_schema, postgres_dsn, "unholdable")
-    relation = sql.Identifier(table.target_schema, table.target_table)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("INSERT INTO {} (k, {}, {}) VALUES (1, %s, 7)").format(
-                relation, sql.Identifier(column), sql.Identifier(VERSION)
-            ),
-            (value,),
-        )
+    _run(
+        postgres_dsn,
+        table,
+        f"INSERT INTO {{t}} (k, {column}, {{v}}) VALUES (1, {{value}}, 7)",
+        value=value,
+    )
     schema = CanonicalSchema.from_table(table, version_column=VERSION)
 
     with pytest.raises(ReconcileError, match=message):
@@ -347,16 +349,12 @@ def test_native_values_the_source_cannot_hold_are_named(
 def test_a_time_of_24_00_is_named(pg_schema: str, postgres_dsn: str, tmp_path: Path) -> None:
     """PostgreSQL's time accepts 24:00:00; a CQL time stops at 23:59:59.999999999."""
     table = _native_table(pg_schema, postgres_dsn, "midnight")
-    relation = sql.Identifier(table.target_schema, table.target_table)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ALTER COLUMN tm TYPE time USING NULL").format(relation)
-        )
-        conn.execute(
-            sql.SQL("INSERT INTO {} (k, tm, {}) VALUES (1, '24:00:00', 7)").format(
-                relation, sql.Identifier(VERSION)
-            )
-        )
+    _run(
+        postgres_dsn,
+        table,
+        "ALTER TABLE {t} ALTER COLUMN tm TYPE time USING NULL",
+        "INSERT INTO {t} (k, tm, {v}) VALUES (1, '24:00:00', 7)",
+    )
     schema = CanonicalSchema.from_table(table, version_column=VERSION)
 
     with pytest.raises(ReconcileError, match=r"column 'tm' \(time\).*24:00:00"):
@@ -366,14 +364,8 @@ def test_a_time_of_24_00_is_named(pg_schema: str, postgres_dsn: str, tmp_path: P
 def test_a_connection_lost_mid_read_is_named(
     numbers: TableSpec, postgres_dsn: str, tmp_path: Path
 ) -> None:
+    _run(postgres_dsn, numbers, LARGE_FILL, rows=1_000_000)
     relation = sql.Identifier(numbers.target_schema, numbers.target_table)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (k, amount, big, note, {}) "
-                "SELECT g, g, g, repeat('x', 40), 7 FROM generate_series(1, 1000000) AS g"
-            ).format(relation, sql.Identifier(VERSION))
-        )
     schema = CanonicalSchema.from_table(numbers, version_column=VERSION)
     terminated = []
 
