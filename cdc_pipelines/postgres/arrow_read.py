@@ -129,8 +129,8 @@ def read_ahead(
     Reading the next batch (ADBC and pyarrow release the GIL) then overlaps with
     canonicalizing, hashing and writing this one. An error in the producer is re-raised in
     the consumer. Leaving the context stops the producer: at its next hand-off, or, when it
-    is blocked reading, through ``cancel`` (which must be safe to call from another thread);
-    the producer has finished before the context exits.
+    is blocked reading, through ``cancel`` (which must be safe to call from another thread).
+    With a ``cancel``, the producer has left ``batches`` before the context exits.
     """
     handoff: queue.Queue[tuple[str, object]] = queue.Queue(depth)
     stop = threading.Event()

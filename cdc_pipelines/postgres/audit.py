@@ -294,31 +294,19 @@ class BatchAudit:
         )
 
 
-# jsonb_build_object takes at most 100 arguments: 50 key/value pairs.
-JSON_OBJECT_MAX_PAIRS = 50
-
-
 def key_arrays(columns: list[sql.Composable], names: list[str]) -> sql.Composable:
     """``{"name": [values…], …}`` over the aggregated rows: one JSON array per key column.
 
     ``json`` rather than ``jsonb``: building it is only text output per value, which keeps
-    the per-key trail cheap; the ``repair_actions`` view reads it back as ``jsonb``.
+    the per-key trail cheap; the ``repair_actions`` view reads it back as ``jsonb``. One
+    ``json_build_object`` suffices: a PostgreSQL primary key has at most 32 columns, and
+    the function takes 100 arguments.
     """
     pairs = [
         sql.SQL("{}, json_agg({})").format(sql.Literal(name), column)
         for name, column in zip(names, columns, strict=True)
     ]
-    objects = [
-        sql.SQL("json_build_object({})").format(
-            sql.SQL(", ").join(pairs[i : i + JSON_OBJECT_MAX_PAIRS])
-        )
-        for i in range(0, len(pairs), JSON_OBJECT_MAX_PAIRS)
-    ]
-    if len(objects) == 1:
-        return objects[0]
-    # More than 50 key columns: json has no ||, so the chunks are merged as jsonb.
-    merged = sql.SQL(" || ").join(sql.SQL("{}::jsonb").format(o) for o in objects)
-    return sql.SQL("({})::json").format(merged)
+    return sql.SQL("json_build_object({})").format(sql.SQL(", ").join(pairs))
 
 
 def _run_filter(run_id: str, target_table: str | None) -> sql.Composed:
