@@ -167,7 +167,7 @@ def repair_slice(
         table=table.source,
         slice_id=slice_id,
         applied=outcome is not None,
-        upserts=outcome.upserted if outcome else repair.plan.upsert_count,
+        upserts=outcome.upserted if outcome else repair.plan.write_count,
         deletes=outcome.deleted if outcome else repair.plan.delete_count,
         sql_script=_script_excerpt(repair.plan.sql_script()),
         sql_path=repair.sql_path,

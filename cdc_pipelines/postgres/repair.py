@@ -4,7 +4,10 @@
 here, before anything is written); the plan renders a dry-run SQL script, and
 :func:`apply_repair` writes it batch by batch, each batch one transaction: binary COPY into a
 temp table, one ``INSERT … ON CONFLICT … WHERE target.version <= excluded.version``, guarded
-deletes, and the audit rows. A row whose version is newer than the repair's is never touched.
+deletes, and the audit rows. Rows whose keys the re-read found absent skip the temp table: a
+binary COPY straight into the target, undone by a savepoint (and the batch upserted instead)
+if one of those keys has appeared meanwhile. A row whose version is newer than the repair's
+is never touched.
 
 Row contract for upserts
 ------------------------
@@ -93,6 +96,7 @@ Row = tuple[object, ...]
 
 
 class BatchKind(StrEnum):
+    INSERT = "insert"  # keys the re-read found absent: plain COPY, guarded upsert on a clash
     UPSERT = "upsert"
     DELETE = "delete"
 
@@ -128,6 +132,7 @@ class BatchReport:
     skipped_newer: int = 0
     skipped_unchanged: int = 0
     skipped_absent: int = 0
+    copied: int = 0  # of ``upserted``: rows copied straight in (verified absent, no clash)
     already_done: bool = False
 
 
@@ -141,6 +146,7 @@ class RepairOutcome:
     skipped_newer: int
     skipped_unchanged: int = 0
     skipped_absent: int = 0
+    copied: int = 0  # of ``upserted``: rows copied straight in (verified absent, no clash)
     batches_applied: int = 0
     batches_already_done: int = 0
 
@@ -158,13 +164,29 @@ class RepairPlan:
     run_id: str
     created_at: dt.datetime
     columns: tuple[RepairColumn, ...]
+    inserts: tuple[Row, ...]
     upserts: tuple[Row, ...]
     deletes: tuple[Row, ...]
     digest: str
 
     @property
+    def insert_count(self) -> int:
+        """Rows whose key the target lacked when verified (written by COPY, see apply_repair)."""
+        return len(self.inserts)
+
+    @property
     def upsert_count(self) -> int:
+        """Rows whose key the target held when verified (written by the guarded upsert)."""
         return len(self.upserts)
+
+    @property
+    def write_count(self) -> int:
+        """Every row the plan writes from the source: inserts and upserts."""
+        return len(self.inserts) + len(self.upserts)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.inserts or self.upserts or self.deletes)
 
     @property
     def delete_count(self) -> int:
@@ -351,6 +373,7 @@ def plan_repair(
     upserts: Iterable[Sequence[object]],
     deletes: Iterable[ExtraRow] = (),
     *,
+    inserts: Iterable[Sequence[object]] = (),
     run_id: str | None = None,
     user_types: Mapping[str, Mapping[str, str]] | None = None,
     now: dt.datetime | None = None,
@@ -358,6 +381,9 @@ def plan_repair(
     """Check and convert one table's verified discrepancies into a :class:`RepairPlan`.
 
     ``upserts`` follow :func:`upsert_layout`; ``deletes`` are :class:`ExtraRow` values.
+    ``inserts`` are rows in the same layout whose key the target lacked when verified:
+    :func:`apply_repair` copies them straight into the table and falls back to the guarded
+    upsert for a batch in which one of those keys has appeared since.
     Raises :class:`ReconcileError` (naming table, column and key) for a row of the wrong
     width, a NULL key value, a missing version, a value the column type cannot hold, a key
     listed twice, or a key both upserted and deleted. ``user_types`` is
@@ -395,30 +421,38 @@ def plan_repair(
         for p in key_positions
     )
     seen: dict[object, str] = {}
-    converted_upserts: list[Row] = []
     data_converters = (*converters, version_check)
     width = len(columns)
-    for raw in upserts:
-        row = tuple(raw)
-        if len(row) != width:
-            raise ReconcileError(
-                f"table {table.target}: an upsert row has {len(row)} values, expected "
-                f"{width} in the order ({', '.join(names)}); see upsert_layout()"
-            )
-        try:
-            out = tuple([convert(v) for convert, v in zip(data_converters, row, strict=True)])
-        except (ReconcileError, TypeError, ValueError, ArithmeticError):
-            raise _row_failure(fail, names, data_converters, row, key_positions) from None
-        key = tuple([out[p] for p in key_positions])
-        if None in key or out[-1] is None:
-            raise _row_failure(fail, names, data_converters, row, key_positions)
-        identity = _hashable(key) if needs_hashable else key
-        if identity in seen:
-            raise fail(
-                "listed twice among the upserts; deduplicate the discrepancies", row, key_positions
-            )
-        seen[identity] = "upsert"
-        converted_upserts.append(out)
+
+    def convert_rows(rows: Iterable[Sequence[object]], kind: BatchKind) -> list[Row]:
+        converted: list[Row] = []
+        for raw in rows:
+            row = tuple(raw)
+            if len(row) != width:
+                raise ReconcileError(
+                    f"table {table.target}: an {kind.value} row has {len(row)} values, expected "
+                    f"{width} in the order ({', '.join(names)}); see upsert_layout()"
+                )
+            try:
+                out = tuple([convert(v) for convert, v in zip(data_converters, row, strict=True)])
+            except (ReconcileError, TypeError, ValueError, ArithmeticError):
+                raise _row_failure(fail, names, data_converters, row, key_positions) from None
+            key = tuple([out[p] for p in key_positions])
+            if None in key or out[-1] is None:
+                raise _row_failure(fail, names, data_converters, row, key_positions)
+            identity = _hashable(key) if needs_hashable else key
+            if identity in seen:
+                raise fail(
+                    "listed twice among the inserts and upserts; deduplicate the discrepancies",
+                    row,
+                    key_positions,
+                )
+            seen[identity] = "upsert"
+            converted.append(out)
+        return converted
+
+    converted_inserts = convert_rows(inserts, BatchKind.INSERT)
+    converted_upserts = convert_rows(upserts, BatchKind.UPSERT)
 
     key_columns = [columns[p] for p in key_positions]
     key_converters = [converters[p] for p in key_positions]
@@ -458,9 +492,12 @@ def plan_repair(
 
     digest = hashlib.sha256()
     for kind, rows, positions in (
+        (BatchKind.INSERT, converted_inserts, key_positions),
         (BatchKind.UPSERT, converted_upserts, key_positions),
         (BatchKind.DELETE, converted_deletes, all_positions),
     ):
+        if kind is BatchKind.INSERT and not rows:
+            continue  # a plan without inserts keeps the digest it always had
         digest.update(kind.value.encode())
         for row in rows:
             digest.update(repr((*(row[p] for p in positions), row[-1])).encode())
@@ -470,6 +507,7 @@ def plan_repair(
         run_id=run_id,
         created_at=created_at,
         columns=tuple(columns),
+        inserts=tuple(converted_inserts),
         upserts=tuple(converted_upserts),
         deletes=tuple(converted_deletes),
         digest=digest.hexdigest()[:FINGERPRINT_CHARS],
@@ -559,7 +597,8 @@ def _script(plan: RepairPlan) -> str:
         f"-- table:     {_comment(plan.table.source)} -> {_comment(target.as_string(None))}",
         f"-- run id:    {plan.run_id}",
         f"-- generated: {plan.created_at.astimezone(dt.UTC).isoformat(timespec='seconds')}",
-        f"-- upserts:   {plan.upsert_count} (a target row with a newer {_comment(plan.version.name)} is kept)",
+        f"-- upserts:   {plan.write_count} ({plan.insert_count} absent from the target when "
+        f"verified; a target row with a newer {_comment(plan.version.name)} is kept)",
         f"-- deletes:   {plan.delete_count} (a row whose version advanced since the scan is kept)",
         "-- The audit tables are written by apply_repair only, not by this script.",
         "SET client_encoding = 'UTF8';",
@@ -571,8 +610,10 @@ def _script(plan: RepairPlan) -> str:
     head = sql.SQL("INSERT INTO {} AS {} ({}) VALUES").format(target, TARGET_ALIAS, _names(columns))
     head_text = head.as_string(None)
     tail_text = _upsert_tail(plan).as_string(None)
-    for start in range(0, plan.upsert_count, SCRIPT_ROWS_PER_STATEMENT):
-        chunk = plan.upserts[start : start + SCRIPT_ROWS_PER_STATEMENT]
+    # The script may run long after the plan: every row goes through the guarded upsert.
+    written = (*plan.inserts, *plan.upserts)
+    for start in range(0, len(written), SCRIPT_ROWS_PER_STATEMENT):
+        chunk = written[start : start + SCRIPT_ROWS_PER_STATEMENT]
         values = ",\n".join(
             "  ("
             + ", ".join(render_literal(v, c.pg_type) for v, c in zip(row, columns, strict=True))
@@ -687,10 +728,14 @@ class _Batch:
 
 
 def _batches(plan: RepairPlan, batch_size: int, first: int = 0) -> list[_Batch]:
-    """Upsert batches, then delete batches, numbered from ``first``; each fingerprinted by
+    """Insert, upsert, then delete batches, numbered from ``first``; each fingerprinted by
     plan digest, size and place."""
     batches: list[_Batch] = []
-    for kind, rows in ((BatchKind.UPSERT, plan.upserts), (BatchKind.DELETE, plan.deletes)):
+    for kind, rows in (
+        (BatchKind.INSERT, plan.inserts),
+        (BatchKind.UPSERT, plan.upserts),
+        (BatchKind.DELETE, plan.deletes),
+    ):
         for start in range(0, len(rows), batch_size):
             number = first + len(batches)
             place = f"{plan.digest}/{kind.value}/{batch_size}/{number}"
@@ -701,7 +746,10 @@ def _batches(plan: RepairPlan, batch_size: int, first: int = 0) -> list[_Batch]:
 
 def batch_count(plan: RepairPlan, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """How many batches :func:`apply_repair` splits ``plan`` into."""
-    return -(-plan.upsert_count // batch_size) + -(-plan.delete_count // batch_size)
+    return sum(
+        -(-count // batch_size)
+        for count in (len(plan.inserts), len(plan.upserts), len(plan.deletes))
+    )
 
 
 def _key_arrays(alias: sql.Identifier, plan: RepairPlan) -> sql.Composable:
@@ -859,6 +907,90 @@ class _ApplySettings:
     audit_detail: AuditDetail
 
 
+def _copy_rows(
+    cursor: psycopg.Cursor[Any],
+    relation: sql.Identifier,
+    columns: Sequence[RepairColumn],
+    oids: Sequence[int],
+    rows: Iterable[Sequence[object]],
+) -> None:
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(relation, _names(columns))
+    with cursor.copy(statement) as copy:
+        copy.set_types(list(oids))
+        for row in rows:
+            copy.write_row(row)
+
+
+def _create_keys_temp(cursor: psycopg.Cursor[Any], plan: RepairPlan) -> tuple[RepairColumn, ...]:
+    """The temp table of keys and versions (deletes, and the audit of inserts); its columns."""
+    columns = (*plan.key_columns, plan.version)
+    cursor.execute(
+        sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+            sql.Identifier(KEYS_TEMP_NAME), _names(columns), _target(plan)
+        )
+    )
+    return columns
+
+
+def _guarded_change(
+    cursor: psycopg.Cursor[Any], batch: _Batch, settings: _ApplySettings, audit: BatchAudit
+) -> dict[str, int]:
+    """The batch through a temp table: the guarded upsert, or the guarded delete."""
+    plan = settings.plan
+    if batch.kind is BatchKind.DELETE:
+        temp, oids = KEYS_TEMP, settings.types.key_oids
+        columns = _create_keys_temp(cursor, plan)
+        statement = _delete_statement(plan, audit, settings.audit_detail, len(batch.rows))
+    else:
+        temp, oids = ROWS_TEMP, settings.types.row_oids
+        columns = plan.columns
+        cursor.execute(
+            sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                sql.Identifier(ROWS_TEMP_NAME), _target(plan)
+            )
+        )
+        statement = _upsert_statement(plan, audit, settings.audit_detail, len(batch.rows))
+    _copy_rows(cursor, temp, columns, oids, batch.rows)
+    return {str(action): int(n) for action, n in cursor.execute(statement).fetchall()}
+
+
+def _insert_absent(
+    conn: psycopg.Connection[Any],
+    cursor: psycopg.Cursor[Any],
+    batch: _Batch,
+    settings: _ApplySettings,
+    audit: BatchAudit,
+) -> dict[str, int] | None:
+    """COPY rows whose keys the re-read found absent straight into the target table.
+
+    Race-safe without ``ON CONFLICT``: COPY only adds rows, so nothing newer is overwritten,
+    and the primary key refuses a key that a concurrent writer committed since the re-read
+    (COPY waits for one still committing). Then the savepoint undoes the COPY and None tells
+    the caller to apply the batch through the guarded upsert instead.
+    """
+    plan = settings.plan
+    try:
+        with conn.transaction():
+            _copy_rows(cursor, _target(plan), plan.columns, settings.types.row_oids, batch.rows)
+    except psycopg.errors.UniqueViolation:
+        return None
+    if RepairAction.UPSERT in settings.audit_detail.recorded:
+        columns = _create_keys_temp(cursor, plan)
+        positions = [plan.columns.index(c) for c in columns]
+        keys = ([row[p] for p in positions] for row in batch.rows)
+        _copy_rows(cursor, KEYS_TEMP, columns, settings.types.key_oids, keys)
+        written = sql.Identifier("w")
+        cursor.execute(
+            audit.insert_action_sets(
+                sql.Literal(RepairAction.UPSERT.value),
+                _key_arrays(written, plan),
+                _col(written, plan.version.name),
+                sql.SQL("{} AS {}").format(KEYS_TEMP, written),
+            )
+        )
+    return {RepairAction.UPSERT.value: len(batch.rows)}
+
+
 def _apply_batch(
     conn: psycopg.Connection[Any], batch: _Batch, settings: _ApplySettings
 ) -> BatchReport:
@@ -884,35 +1016,14 @@ def _apply_batch(
                     "apply this plan under a new run id"
                 )
             return replace(report, already_done=True)
-        target = _target(plan)
         with conn.cursor() as cursor:
             register_copy_dumpers(cursor.adapters)
-            if batch.kind is BatchKind.UPSERT:
-                temp, oids = ROWS_TEMP, settings.types.row_oids
-                columns = plan.columns
-                cursor.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
-                    ).format(sql.Identifier(ROWS_TEMP_NAME), target)
-                )
-                statement = _upsert_statement(plan, audit, settings.audit_detail, len(batch.rows))
-            else:
-                temp, oids = KEYS_TEMP, settings.types.key_oids
-                columns = (*plan.key_columns, plan.version)
-                cursor.execute(
-                    sql.SQL(
-                        "CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-                    ).format(sql.Identifier(KEYS_TEMP_NAME), _names(columns), target)
-                )
-                statement = _delete_statement(plan, audit, settings.audit_detail, len(batch.rows))
-            copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-                temp, _names(columns)
-            )
-            with cursor.copy(copy_sql) as copy:
-                copy.set_types(list(oids))
-                for row in batch.rows:
-                    copy.write_row(row)
-            counts = {str(action): int(n) for action, n in cursor.execute(statement).fetchall()}
+            counts = None
+            if batch.kind is BatchKind.INSERT:
+                counts = _insert_absent(conn, cursor, batch, settings, audit)
+                report = replace(report, copied=0 if counts is None else len(batch.rows))
+            if counts is None:
+                counts = _guarded_change(cursor, batch, settings, audit)
         audit.record_counts(conn, counts)
         report = replace(
             report,
@@ -1029,7 +1140,7 @@ def apply_repair(
 ) -> RepairOutcome:
     """Apply a plan in batches of ``batch_size`` rows, each batch one audited transaction.
 
-    Upsert batches come first, then delete batches, numbered from ``first_batch`` (several
+    Insert batches come first, then upsert and delete batches, numbered from ``first_batch`` (several
     plans can share one run id when each starts after the last one's batches; see
     :func:`batch_count`). A batch already recorded
     for ``run_id`` (default: the plan's) is skipped, so rerunning after a crash resumes; the
@@ -1091,6 +1202,7 @@ def apply_repair(
         skipped_newer=sum(r.skipped_newer for r in applied),
         skipped_unchanged=sum(r.skipped_unchanged for r in applied),
         skipped_absent=sum(r.skipped_absent for r in applied),
+        copied=sum(r.copied for r in applied),
         batches_applied=len(applied),
         batches_already_done=len(reports) - len(applied),
     )

@@ -369,7 +369,7 @@ def run_reconciliation(
             add_verdicts(report, verification)
             confirmed.write(verification)
             plan = plan_verified_repair(config, table, verification, run_id)
-            if plan.upsert_count or plan.delete_count:
+            if not plan.is_empty:
                 sql_out.write(plan.sql_script())
                 planned = True
         if not planned:
@@ -593,6 +593,7 @@ def plan_verified_repair(
         config.defaults.version_column,
         verification.upsert_rows,
         verification.delete_rows,
+        inserts=verification.insert_rows,
         run_id=run_id,
         user_types=config.user_types,
     )
@@ -635,7 +636,7 @@ def repair_slice(
     sql_path = table_scratch(scratch, table) / "slices" / f"slice={slice_key}.repair-{run_id}.sql"
     sql_path.write_text(plan.sql_script())
     outcome = None
-    if apply and (plan.upsert_count or plan.delete_count):
+    if apply and not plan.is_empty:
         # As many connections as the CLI uses by default (ReconcileOptions.workers).
         options = ReconcileOptions(scratch=scratch, audit_detail=audit_detail)
         with _Repairer(settings, run_id, options) as repairer:
@@ -663,7 +664,7 @@ def _repair_by_slice(
         for candidates in candidate_files:
             verification = verifier.verify([read_candidates(candidates)])
             plan = plan_verified_repair(config, table, verification, run_id)
-            if not (plan.upsert_count or plan.delete_count):
+            if plan.is_empty:
                 continue
             applied = repairer.apply(plan)
             report.repaired["upserted"] += applied.upserted

@@ -109,9 +109,23 @@ class VerificationResult:
         return tuple(c.key for c in self.confirmed)
 
     @property
+    def insert_rows(self) -> tuple[tuple[object, ...], ...]:
+        """Fresh source rows of the confirmed missing keys, absent from the target when re-read
+        (plan_repair's ``inserts``)."""
+        return tuple(
+            c.source.values
+            for c in self.confirmed
+            if c.source is not None and c.kind is CandidateKind.MISSING
+        )
+
+    @property
     def upsert_rows(self) -> tuple[tuple[object, ...], ...]:
-        """Fresh source rows of the confirmed missing and mismatched keys (for plan_repair)."""
-        return tuple(c.source.values for c in self.confirmed if c.source is not None)
+        """Fresh source rows of the confirmed mismatched keys (plan_repair's ``upserts``)."""
+        return tuple(
+            c.source.values
+            for c in self.confirmed
+            if c.source is not None and c.kind is not CandidateKind.MISSING
+        )
 
     @property
     def delete_rows(self) -> tuple[ExtraRow, ...]:

@@ -182,6 +182,9 @@ class Scenario:
     detail: AuditDetail
     workers: int = 1
     target: str = "empty"  # "empty", "older" (every row at an older version) or "same"
+    # An empty target's rows are what a reconciliation plans as inserts (verified absent);
+    # False plans them as upserts, to measure the guarded path on the same rows.
+    verified_absent: bool = True
 
     @property
     def name(self) -> str:
@@ -193,10 +196,16 @@ SCENARIOS = (
     Scenario("empty table, audit exceptions", AuditDetail.EXCEPTIONS),
     Scenario("empty table, audit per key, 2 workers", AuditDetail.KEYS, workers=2),
     Scenario("empty table, audit exceptions, 2 workers", AuditDetail.EXCEPTIONS, workers=2),
+    Scenario(
+        "empty table, planned as upserts (guarded path), audit per key, 2 workers",
+        AuditDetail.KEYS,
+        workers=2,
+        verified_absent=False,
+    ),
     Scenario("older rows present (updates), audit per key", AuditDetail.KEYS, target="older"),
     Scenario("same rows present (no change), audit per key", AuditDetail.KEYS, target="same"),
 )
-TARGETED = tuple(s.name for s in SCENARIOS if s.target == "empty")
+TARGETED = tuple(s.name for s in SCENARIOS if s.target == "empty" and s.verified_absent)
 
 
 def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measurement]:
@@ -224,7 +233,10 @@ def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measu
                     version = 1 if scenario.target == "older" else 2
                     prior = plan_repair(table, VERSION, source_rows(rows, version), run_id="seed")
                     apply_repair(conn, prior, batch_size=batch_size, audit=audit)
-                plan = plan_repair(table, VERSION, new, run_id=f"bench-{number}")
+                if scenario.target == "empty" and scenario.verified_absent:
+                    plan = plan_repair(table, VERSION, [], inserts=new, run_id=f"bench-{number}")
+                else:
+                    plan = plan_repair(table, VERSION, new, run_id=f"bench-{number}")
                 target: psycopg.Connection[Any] | ConnectionPool[Any] = (
                     pool if scenario.workers > 1 else conn
                 )

@@ -216,17 +216,33 @@ def _drop_audit_schema(postgres_dsn: str, audit: AuditTables) -> Iterator[None]:
 # --------------------------------------------------------------------------- values and names
 
 
+@pytest.mark.parametrize("verified_absent", [False, True], ids=["upserts", "inserts"])
 def test_hostile_identifiers_and_every_type_are_written_exactly(
-    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    verified_absent: bool,
 ) -> None:
+    """Both write paths: the guarded upsert via a temp table, and the straight COPY of rows
+    the re-read found absent (its audit comes from a separate key COPY)."""
     table = hostile_table(pg_schema)
     create_target(postgres_dsn, table)
     rows = [hostile_row(i, 1_000 + i) for i in range(6)]
-    plan = plan_repair(table, VERSION, rows, run_id="hostile-1")
+    if verified_absent:
+        plan = plan_repair(table, VERSION, [], inserts=rows, run_id="hostile-1")
+    else:
+        plan = plan_repair(table, VERSION, rows, run_id="hostile-1")
 
     outcome = apply_repair(conn, plan, audit=audit)
 
     assert (outcome.upserted, outcome.skipped_newer, outcome.deleted) == (6, 0, 0)
+    assert outcome.copied == (6 if verified_absent else 0)
+    trail = sorted(
+        (a.key["user"], a.key["MixedCase"], a.action, a.version)
+        for a in read_run_actions(conn, "hostile-1", tables=audit)
+    )
+    assert trail == sorted((r[0], r[1], RepairAction.UPSERT, r[-1]) for r in rows)  # type: ignore[type-var]
     relation = sql.Identifier(pg_schema, "order")
     got = conn.execute(
         sql.SQL(
@@ -347,9 +363,15 @@ def test_dry_run_script_via_psql_reaches_the_same_state_as_apply(
         states.append(table_state(postgres_dsn, table))
     assert states[0] == states[1]
 
-    plan = plan_repair(applied, VERSION, upserts, deletes, run_id="script-vs-apply")
+    # Row 1 is missing from the target: the re-read found it absent, so it is an insert.
+    inserts, upserts = upserts[:1], upserts[1:]
+    plan = plan_repair(
+        applied, VERSION, upserts, deletes, inserts=inserts, run_id="script-vs-apply"
+    )
     outcome = apply_repair(conn, plan, audit=audit, batch_size=2)
-    script = plan_repair(scripted, VERSION, upserts, deletes, run_id="script-vs-apply").sql_script()
+    script = plan_repair(
+        scripted, VERSION, upserts, deletes, inserts=inserts, run_id="script-vs-apply"
+    ).sql_script()
     run_psql(postgres_dsn, script, tmp_path)
 
     assert (outcome.upserted, outcome.deleted) == (3, 1)
@@ -360,7 +382,7 @@ def test_dry_run_script_via_psql_reaches_the_same_state_as_apply(
     assert any("newer" in row and ",900)" in row for row in after)
     header = script.splitlines()[:8]
     assert any("run id:    script-vs-apply" in line for line in header)
-    assert any("upserts:   5" in line for line in header) and any(
+    assert any("upserts:   5 (1 absent" in line for line in header) and any(
         "deletes:   3" in line for line in header
     )
     assert "BEGIN;" in script and script.rstrip().endswith("COMMIT;")
@@ -414,34 +436,50 @@ def _wait_until_blocked(dsn: str, application_name: str) -> None:
     raise AssertionError("the repair never waited for the concurrent writer's row lock")
 
 
-@pytest.mark.parametrize("kind", ["upsert", "delete"])
+@pytest.mark.parametrize("kind", ["insert", "upsert", "delete"])
 def test_concurrent_writer_newer_version_survives_a_running_batch(
     postgres_dsn: str, pg_schema: str, audit: AuditTables, kind: str
 ) -> None:
-    """The writer locks the row and commits a newer version while the batch waits on it."""
+    """The writer locks the row and commits a newer version while the batch waits on it.
+
+    ``insert``: the rows were verified absent, and the writer inserts one of their keys; the
+    straight COPY waits for it, meets the key, and the batch falls back to the guarded upsert.
+    """
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
-    with psycopg.connect(postgres_dsn) as seed:
-        apply_repair(
-            seed,
-            plan_repair(
-                table, VERSION, [(i, f"old-{i}", i, 100) for i in range(1, 6)], run_id="seed"
-            ),
-            audit=audit,
-        )
-    if kind == "upsert":
-        plan = plan_repair(table, VERSION, [(i, f"repair-{i}", 10 * i, 200) for i in range(1, 6)])
+    if kind != "insert":
+        with psycopg.connect(postgres_dsn) as seed:
+            apply_repair(
+                seed,
+                plan_repair(
+                    table, VERSION, [(i, f"old-{i}", i, 100) for i in range(1, 6)], run_id="seed"
+                ),
+                audit=audit,
+            )
+    repaired = [(i, f"repair-{i}", 10 * i, 200) for i in range(1, 6)]
+    if kind == "insert":
+        plan = plan_repair(table, VERSION, [], inserts=repaired)
+    elif kind == "upsert":
+        plan = plan_repair(table, VERSION, repaired)
     else:
         plan = plan_repair(table, VERSION, [], [ExtraRow((i,), 100) for i in range(1, 6)])
     app = f"repair-{uuid.uuid4().hex[:8]}"
     outcome: list[Any] = []
 
     with psycopg.connect(postgres_dsn) as writer:
-        writer.execute(
-            sql.SQL("UPDATE {} SET name = 'writer', {} = 300 WHERE id = 3").format(
-                sql.Identifier(pg_schema, "items"), sql.Identifier(VERSION)
-            )
-        )  # uncommitted: holds the row lock
+        items = sql.Identifier(pg_schema, "items")
+        if kind == "insert":
+            writer.execute(
+                sql.SQL("INSERT INTO {} (id, name, qty, {}) VALUES (3, 'writer', 3, 300)").format(
+                    items, sql.Identifier(VERSION)
+                )
+            )  # uncommitted: the key is claimed until the writer ends
+        else:
+            writer.execute(
+                sql.SQL("UPDATE {} SET name = 'writer', {} = 300 WHERE id = 3").format(
+                    items, sql.Identifier(VERSION)
+                )
+            )  # uncommitted: holds the row lock
 
         def run() -> None:
             with psycopg.connect(postgres_dsn, application_name=app) as repair_conn:
@@ -466,7 +504,7 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
         actions = {a.key["id"]: a.action for a in read_run_actions(conn, plan.run_id, tables=audit)}
     assert rows[3] == "writer:300"
     assert result.skipped_newer == 1 and actions[3] is RepairAction.SKIP_NEWER
-    if kind == "upsert":
+    if kind != "delete":
         assert result.upserted == 4
         assert rows == {
             1: "repair-1:200",
@@ -477,6 +515,52 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
         }
     else:
         assert result.deleted == 4 and rows == {3: "writer:300"}
+
+
+@pytest.mark.parametrize("appeared_version", [300, 100], ids=["newer", "older"])
+def test_an_absent_key_that_appeared_since_the_reread_falls_back_to_the_guarded_upsert(
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    appeared_version: int,
+) -> None:
+    """The COPY meets the key, its savepoint is undone, and the same batch is upserted."""
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    plan = plan_repair(
+        table, VERSION, [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
+    )
+    apply_repair(  # the sink writes key 3 after the re-read
+        conn,
+        plan_repair(table, VERSION, [(3, "sink", 3, appeared_version)], run_id="sink"),
+        audit=audit,
+    )
+
+    outcome = apply_repair(conn, plan, audit=audit, batch_size=3)
+
+    assert outcome.copied == 2  # batch 1 (keys 4, 5) copied straight in; batch 0 fell back
+    kept = appeared_version > 200
+    assert (outcome.upserted, outcome.skipped_newer) == ((4, 1) if kept else (5, 0))
+    row_3 = f"(3,sink,3,{appeared_version})" if kept else "(3,repair-3,3,200)"
+    assert table_state(postgres_dsn, table) == [
+        "(1,repair-1,1,200)",
+        "(2,repair-2,2,200)",
+        row_3,
+        "(4,repair-4,4,200)",
+        "(5,repair-5,5,200)",
+    ]
+    actions = {a.key["id"]: a.action for a in read_run_actions(conn, plan.run_id, tables=audit)}
+    upsert = RepairAction.UPSERT
+    assert actions == {
+        1: upsert,
+        2: upsert,
+        3: RepairAction.SKIP_NEWER if kept else upsert,
+        4: upsert,
+        5: upsert,
+    }
+    batches = read_run_batches(conn, plan.run_id, tables=audit)
+    assert [b.batch for b in batches] == [0, 1]
 
 
 def test_newer_row_committed_before_apply_is_kept(
@@ -546,12 +630,21 @@ class SimulatedCrash(RuntimeError):
     pass
 
 
+@pytest.mark.parametrize("verified_absent", [False, True], ids=["upserts", "inserts"])
 def test_resume_after_a_crash_completes_without_duplicates(
-    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    verified_absent: bool,
 ) -> None:
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
-    plan = plan_repair(table, VERSION, [(i, f"n{i}", i, 10) for i in range(10)], run_id="crashy")
+    rows = [(i, f"n{i}", i, 10) for i in range(10)]
+    if verified_absent:
+        plan = plan_repair(table, VERSION, [], inserts=rows, run_id="crashy")
+    else:
+        plan = plan_repair(table, VERSION, rows, run_id="crashy")
     seen: list[int] = []
 
     def crash_in_batch_2(report: BatchReport) -> None:

@@ -313,11 +313,14 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
         }
         assert sorted(k[0] for k in result.resolved) == [3, 6, 7]  # type: ignore[type-var]
         assert sorted(k[0] for k in result.in_flight) == [4, 8]  # type: ignore[type-var]
-        assert [r[0] for r in result.upsert_rows] == [1, 2]
-        assert result.upsert_rows[0][2] == "renamed"
+        assert [r[0] for r in result.insert_rows] == [1]  # absent from the target
+        assert result.insert_rows[0][2] == "renamed"
+        assert [r[0] for r in result.upsert_rows] == [2]  # present but different
         assert [(d.key, d.scan_version) for d in result.delete_rows] == [(key(5), T0 - 100)]
 
-        plan = plan_repair(orders, VERSION, result.upsert_rows, result.delete_rows)
+        plan = plan_repair(
+            orders, VERSION, result.upsert_rows, result.delete_rows, inserts=result.insert_rows
+        )
         outcome = apply_repair(conn, plan, audit=audit)
         assert (outcome.upserted, outcome.deleted) == (2, 1)
 
