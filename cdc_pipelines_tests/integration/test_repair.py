@@ -36,6 +36,7 @@ from cdc_pipelines.postgres.ddl import create_statements
 from cdc_pipelines.postgres.repair import (
     BatchReport,
     ExtraRow,
+    RepairPlan,
     apply_repair,
     batch_count,
     plan_repair,
@@ -146,6 +147,15 @@ def hostile_row(i: int, version: int, *, variant: int = 0) -> tuple[object, ...]
     )
 
 
+def plan_written(
+    table: TableSpec, rows: Sequence[tuple[object, ...]], *, verified_absent: bool, run_id: str
+) -> RepairPlan:
+    """The rows as inserts (the re-read found their keys absent) or as upserts."""
+    if verified_absent:
+        return plan_repair(table, VERSION, [], inserts=rows, run_id=run_id)
+    return plan_repair(table, VERSION, rows, run_id=run_id)
+
+
 def key_of(row: Sequence[object], table: TableSpec) -> tuple[object, ...]:
     layout = upsert_layout(table, VERSION)
     return tuple(row[layout.index(name)] for name in table.primary_key)
@@ -229,10 +239,7 @@ def test_hostile_identifiers_and_every_type_are_written_exactly(
     table = hostile_table(pg_schema)
     create_target(postgres_dsn, table)
     rows = [hostile_row(i, 1_000 + i) for i in range(6)]
-    if verified_absent:
-        plan = plan_repair(table, VERSION, [], inserts=rows, run_id="hostile-1")
-    else:
-        plan = plan_repair(table, VERSION, rows, run_id="hostile-1")
+    plan = plan_written(table, rows, verified_absent=verified_absent, run_id="hostile-1")
 
     outcome = apply_repair(conn, plan, audit=audit)
 
@@ -641,10 +648,7 @@ def test_resume_after_a_crash_completes_without_duplicates(
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
     rows = [(i, f"n{i}", i, 10) for i in range(10)]
-    if verified_absent:
-        plan = plan_repair(table, VERSION, [], inserts=rows, run_id="crashy")
-    else:
-        plan = plan_repair(table, VERSION, rows, run_id="crashy")
+    plan = plan_written(table, rows, verified_absent=verified_absent, run_id="crashy")
     seen: list[int] = []
 
     def crash_in_batch_2(report: BatchReport) -> None:
