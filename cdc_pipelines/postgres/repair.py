@@ -643,10 +643,12 @@ def _script(plan: RepairPlan) -> str:
 
 @dataclass(frozen=True)
 class _TargetTypes:
-    """Type OIDs for COPY, read from the live table and checked against the plan."""
+    """Type OIDs for COPY, read from the live table and checked against the plan, and why
+    verified-absent rows may not be COPYed straight in (empty: they may)."""
 
     row_oids: tuple[int, ...]
     key_oids: tuple[int, ...]
+    copy_blockers: tuple[str, ...] = ()
 
 
 _CATALOG_COLUMNS = """
@@ -667,8 +669,24 @@ FROM pg_catalog.pg_index AS i
 CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
 JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
 WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL AND i.indimmediate
+  AND i.indisvalid AND i.indisready
 GROUP BY i.indexrelid
 """
+# What makes COPY differ from INSERT on the table or any of its partitions: COPY refuses
+# row-level security and ignores rules; a user trigger may skip or rewrite rows, which
+# only the guarded path's RETURNING would see.
+_CATALOG_COPY_BLOCKERS = """
+WITH tree AS (  -- pg_partition_tree is empty for a table that is not partitioned
+    SELECT %(oid)s::oid AS relid
+    UNION SELECT relid FROM pg_catalog.pg_partition_tree(%(oid)s::oid)
+)
+SELECT bool_or(c.relrowsecurity),
+       bool_or(c.relhasrules),
+       EXISTS (SELECT FROM pg_catalog.pg_trigger AS g JOIN tree AS t ON g.tgrelid = t.relid
+               WHERE NOT g.tgisinternal AND g.tgenabled <> 'D')
+FROM tree JOIN pg_catalog.pg_class AS c ON c.oid = tree.relid
+"""
+_COPY_BLOCKER_NAMES = ("row-level security", "rewrite rules", "user triggers")
 
 
 def _read_target_types(conn: psycopg.Connection[Any], plan: RepairPlan) -> _TargetTypes:
@@ -682,6 +700,7 @@ def _read_target_types(conn: psycopg.Connection[Any], plan: RepairPlan) -> _Targ
                 f"target table {name} does not exist; create it first (cdc-pipelines ddl apply)"
             )
         unique_keys = conn.execute(_CATALOG_UNIQUE_KEYS, (rows[0][3],)).fetchall()
+        blocked = conn.execute(_CATALOG_COPY_BLOCKERS, {"oid": rows[0][3]}).fetchone() or ()
     live = {r[0]: (int(r[1]), str(r[2])) for r in rows}
     missing = [c.name for c in plan.columns if c.name not in live]
     if missing:
@@ -691,8 +710,9 @@ def _read_target_types(conn: psycopg.Connection[Any], plan: RepairPlan) -> _Targ
         )
     if not any(set(k[0]) == set(plan.table.primary_key) for k in unique_keys):
         raise ReconcileError(
-            f"target table {name} has no primary key or unique index on "
-            f"({', '.join(plan.table.primary_key)}); add it, repair upserts need it"
+            f"target table {name} has no valid primary key or unique index on "
+            f"({', '.join(plan.table.primary_key)}); add it, repair upserts need it (an index "
+            "left invalid by a failed CREATE INDEX CONCURRENTLY does not count: REINDEX it)"
         )
     oids: dict[str, int] = {}
     for column in plan.columns:
@@ -716,6 +736,7 @@ def _read_target_types(conn: psycopg.Connection[Any], plan: RepairPlan) -> _Targ
     return _TargetTypes(
         row_oids=tuple(oids[c.name] for c in plan.columns),
         key_oids=(*(oids[c.name] for c in plan.key_columns), oids[plan.version.name]),
+        copy_blockers=tuple(n for n, on in zip(_COPY_BLOCKER_NAMES, blocked, strict=True) if on),
     )
 
 
@@ -954,6 +975,10 @@ def _guarded_change(
     return {str(action): int(n) for action, n in cursor.execute(statement).fetchall()}
 
 
+class _NotAllCopied(Exception):
+    """Undoes a straight COPY that PostgreSQL reports as writing fewer rows than were sent."""
+
+
 def _insert_absent(
     conn: psycopg.Connection[Any],
     cursor: psycopg.Cursor[Any],
@@ -966,13 +991,19 @@ def _insert_absent(
     Race-safe without ``ON CONFLICT``: COPY only adds rows, so nothing newer is overwritten,
     and the primary key refuses a key that a concurrent writer committed since the re-read
     (COPY waits for one still committing). Then the savepoint undoes the COPY and None tells
-    the caller to apply the batch through the guarded upsert instead.
+    the caller to apply the batch through the guarded upsert instead. None as well, without
+    trying, when the table has something COPY treats differently from INSERT (see
+    ``_CATALOG_COPY_BLOCKERS``), and after undoing a COPY that wrote fewer rows than sent.
     """
     plan = settings.plan
+    if settings.types.copy_blockers:
+        return None
     try:
         with conn.transaction():
             _copy_rows(cursor, _target(plan), plan.columns, settings.types.row_oids, batch.rows)
-    except psycopg.errors.UniqueViolation:
+            if cursor.rowcount != len(batch.rows):
+                raise _NotAllCopied
+    except (psycopg.errors.UniqueViolation, _NotAllCopied):
         return None
     if RepairAction.UPSERT in settings.audit_detail.recorded:
         columns = _create_keys_temp(cursor, plan)

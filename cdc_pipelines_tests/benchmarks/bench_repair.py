@@ -29,7 +29,12 @@ from cdc_pipelines.devstack import stack
 from cdc_pipelines.devstack.layout import StackLayout
 from cdc_pipelines.postgres.audit import AuditDetail, AuditTables, ensure_audit_tables
 from cdc_pipelines.postgres.ddl import create_statements
-from cdc_pipelines.postgres.repair import DEFAULT_BATCH_SIZE, RepairPlan, apply_repair, plan_repair
+from cdc_pipelines.postgres.repair import (
+    DEFAULT_BATCH_SIZE,
+    RepairPlan,
+    apply_repair,
+    plan_repair,
+)
 from cdc_pipelines.settings import ENV_NAMES, ConnectionSettings
 
 VERSION = "_cdc_version_us"
@@ -233,7 +238,8 @@ def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measu
                     version = 1 if scenario.target == "older" else 2
                     prior = plan_repair(table, VERSION, source_rows(rows, version), run_id="seed")
                     apply_repair(conn, prior, batch_size=batch_size, audit=audit)
-                if scenario.target == "empty" and scenario.verified_absent:
+                copies = scenario.target == "empty" and scenario.verified_absent
+                if copies:
                     plan = plan_repair(table, VERSION, [], inserts=new, run_id=f"bench-{number}")
                 else:
                     plan = plan_repair(table, VERSION, new, run_id=f"bench-{number}")
@@ -249,8 +255,15 @@ def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measu
                     audit_detail=scenario.detail,
                     workers=scenario.workers,
                 )
-                results.append(timed(scenario.name, rows, run_scenario, f"batch_size={batch_size}"))
+                started = time.perf_counter()
+                outcome = run_scenario()
+                seconds = time.perf_counter() - started
+                results.append(
+                    Measurement(scenario.name, rows, seconds, f"batch_size={batch_size}")
+                )
                 assert table_rows(dsn, table) == rows, scenario.name
+                # The figure belongs to the path its label names.
+                assert outcome.copied == (rows if copies else 0), scenario.name
         subset = planned[0].upserts[: min(loop_rows, rows)]
         results.append(
             timed(

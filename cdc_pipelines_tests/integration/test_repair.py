@@ -246,10 +246,16 @@ def test_hostile_identifiers_and_every_type_are_written_exactly(
     assert (outcome.upserted, outcome.skipped_newer, outcome.deleted) == (6, 0, 0)
     assert outcome.copied == (6 if verified_absent else 0)
     trail = sorted(
-        (a.key["user"], a.key["MixedCase"], a.action, a.version)
+        (
+            a.key["user"],
+            a.key["MixedCase"],
+            dt.datetime.fromisoformat(a.key["naïve_ключ"]),
+            a.action,
+            a.version,
+        )
         for a in read_run_actions(conn, "hostile-1", tables=audit)
     )
-    assert trail == sorted((r[0], r[1], RepairAction.UPSERT, r[-1]) for r in rows)  # type: ignore[type-var]
+    assert trail == sorted((*r[:3], RepairAction.UPSERT, r[-1]) for r in rows)  # type: ignore[type-var]
     relation = sql.Identifier(pg_schema, "order")
     got = conn.execute(
         sql.SQL(
@@ -381,7 +387,7 @@ def test_dry_run_script_via_psql_reaches_the_same_state_as_apply(
     ).sql_script()
     run_psql(postgres_dsn, script, tmp_path)
 
-    assert (outcome.upserted, outcome.deleted) == (3, 1)
+    assert (outcome.upserted, outcome.deleted, outcome.copied) == (3, 1, 1)
     assert (outcome.skipped_newer, outcome.skipped_unchanged, outcome.skipped_absent) == (2, 1, 1)
     after = table_state(postgres_dsn, applied)
     assert after == table_state(postgres_dsn, scripted)
@@ -511,6 +517,7 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
         actions = {a.key["id"]: a.action for a in read_run_actions(conn, plan.run_id, tables=audit)}
     assert rows[3] == "writer:300"
     assert result.skipped_newer == 1 and actions[3] is RepairAction.SKIP_NEWER
+    assert result.copied == 0  # the one insert batch met key 3 and fell back
     if kind != "delete":
         assert result.upserted == 4
         assert rows == {
@@ -568,6 +575,126 @@ def test_an_absent_key_that_appeared_since_the_reread_falls_back_to_the_guarded_
     }
     batches = read_run_batches(conn, plan.run_id, tables=audit)
     assert [b.batch for b in batches] == [0, 1]
+
+
+def test_a_writer_that_rolls_back_lets_the_straight_copy_through(
+    postgres_dsn: str, pg_schema: str, audit: AuditTables
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    plan = plan_repair(
+        table, VERSION, [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
+    )
+    app = f"repair-{uuid.uuid4().hex[:8]}"
+    outcome: list[Any] = []
+    with psycopg.connect(postgres_dsn) as writer:
+        writer.execute(
+            sql.SQL("INSERT INTO {} (id, name, qty, {}) VALUES (3, 'writer', 3, 300)").format(
+                sql.Identifier(pg_schema, "items"), sql.Identifier(VERSION)
+            )
+        )
+
+        def run() -> None:
+            with psycopg.connect(postgres_dsn, application_name=app) as repair_conn:
+                outcome.append(apply_repair(repair_conn, plan, audit=audit))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_until_blocked(postgres_dsn, app)
+        writer.rollback()
+        thread.join(timeout=LOCK_WAIT_TIMEOUT_S)
+    assert outcome, "the repair did not finish"
+    assert (outcome[0].upserted, outcome[0].copied, outcome[0].skipped_newer) == (5, 5, 0)
+    assert table_state(postgres_dsn, table) == [f"({i},repair-{i},{i},200)" for i in range(1, 6)]
+
+
+SHOUT = (
+    "CREATE FUNCTION {s}.shout() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$BEGIN NEW.name := upper(NEW.name); RETURN NEW; END$$"
+)
+# Each blocker's setup, and the names the three repaired rows end with.
+COPY_BLOCKERS = {
+    "row-level security": (["ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"], "r1 r2 r3"),
+    "rule": (["CREATE RULE on_delete AS ON DELETE TO {t} DO ALSO NOTIFY cdc_repair"], "r1 r2 r3"),
+    "trigger": (
+        [
+            SHOUT,
+            "CREATE TRIGGER shout BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.shout()",
+        ],
+        "R1 R2 R3",
+    ),
+    "trigger on a partition": (
+        [
+            "ALTER TABLE {t} RENAME TO items_plain",
+            "CREATE TABLE {t} (LIKE {s}.items_plain INCLUDING ALL) PARTITION BY RANGE (id)",
+            "CREATE TABLE {s}.items_low PARTITION OF {t} FOR VALUES FROM (MINVALUE) TO (2)",
+            "CREATE TABLE {s}.items_high PARTITION OF {t} FOR VALUES FROM (2) TO (MAXVALUE)",
+            SHOUT,
+            "CREATE TRIGGER shout BEFORE INSERT ON {s}.items_high "
+            "FOR EACH ROW EXECUTE FUNCTION {s}.shout()",
+        ],
+        "r1 R2 R3",
+    ),
+}
+
+
+@pytest.mark.parametrize("blocker", sorted(COPY_BLOCKERS))
+def test_a_table_where_copy_differs_from_insert_takes_the_guarded_path(
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    blocker: str,
+) -> None:
+    """COPY refuses row-level security, ignores rules, and a trigger may rewrite rows that
+    only the guarded path's RETURNING sees: such tables never get the straight COPY."""
+    table = simple_table(pg_schema)
+    names = {
+        "t": sql.Identifier(pg_schema, "items").as_string(None),
+        "s": sql.Identifier(pg_schema).as_string(None),
+    }
+    setup, expected_names = COPY_BLOCKERS[blocker]
+    create_target(postgres_dsn, table, *(text.format(**names) for text in setup))
+    plan = plan_repair(table, VERSION, [], inserts=[(i, f"r{i}", i, 200) for i in range(1, 4)])
+
+    outcome = apply_repair(conn, plan, audit=audit)
+
+    assert (outcome.upserted, outcome.copied) == (3, 0)
+    assert table_state(postgres_dsn, table) == [
+        f"({i},{name},{i},200)" for i, name in enumerate(expected_names.split(), start=1)
+    ]
+
+
+def test_an_invalid_unique_index_is_refused_before_anything_is_written(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    """A failed CREATE UNIQUE INDEX CONCURRENTLY leaves an index that enforces nothing."""
+    table = simple_table(pg_schema)
+    items = sql.Identifier(pg_schema, "items")
+    create_target(postgres_dsn, table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as setup:
+        primary_key = setup.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+            (items.as_string(None),),
+        ).fetchone()
+        assert primary_key is not None
+        setup.execute(
+            sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                items, sql.Identifier(primary_key[0])
+            )
+        )
+        setup.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a', 1, 1), (1, 'b', 1, 1)").format(items))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            setup.execute(
+                sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY items_id ON {} (id)").format(items)
+            )
+        setup.execute(sql.SQL("DELETE FROM {}").format(items))
+    plan = plan_repair(table, VERSION, [], inserts=[(1, "repair", 1, 200)])
+
+    with pytest.raises(ReconcileError, match=r"no valid primary key.*REINDEX"):
+        apply_repair(conn, plan, audit=audit)
+
+    assert table_state(postgres_dsn, table) == []
 
 
 def test_newer_row_committed_before_apply_is_kept(
@@ -666,6 +793,7 @@ def test_resume_after_a_crash_completes_without_duplicates(
     resumed = apply_repair(conn, plan, batch_size=3, audit=audit)
 
     assert (resumed.batches_already_done, resumed.batches_applied, resumed.upserted) == (2, 2, 4)
+    assert resumed.copied == (4 if verified_absent else 0)
     assert len(table_state(postgres_dsn, table)) == 10
     actions = read_run_actions(conn, "crashy", tables=audit)
     assert sorted(a.key["id"] for a in actions) == list(range(10))  # each key exactly once
@@ -734,8 +862,13 @@ def test_a_missing_target_is_named(
         apply_repair(conn, plan_repair(table, VERSION, [(1, "a", 1, 5)]), audit=audit)
 
 
+@pytest.mark.parametrize("verified_absent", [False, True], ids=["upserts", "inserts"])
 def test_parallel_workers_reach_the_same_state_and_audit(
-    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    verified_absent: bool,
 ) -> None:
     sequential, parallel = hostile_table(pg_schema, "seq"), hostile_table(pg_schema, "par")
     rows = [hostile_row(i, 300 + i) for i in range(11)]
@@ -747,12 +880,13 @@ def test_parallel_workers_reach_the_same_state_and_audit(
     with ConnectionPool(postgres_dsn, min_size=3, max_size=3, open=True) as pool:
         outcome = apply_repair(
             pool,
-            plan_repair(parallel, VERSION, rows, run_id="par"),
+            plan_written(parallel, rows, verified_absent=verified_absent, run_id="par"),
             batch_size=2,
             workers=3,
             audit=audit,
         )
     assert (outcome.upserted, outcome.batches_applied) == (11, 6)
+    assert outcome.copied == (11 if verified_absent else 0)
     assert table_state(postgres_dsn, sequential) == table_state(postgres_dsn, parallel)
     assert sorted(a.key["MixedCase"] for a in read_run_actions(conn, "par", tables=audit)) == list(
         range(11)
@@ -774,14 +908,16 @@ def test_exception_audit_records_only_deletes_and_keys_left_alone(
     plan = plan_repair(
         table,
         VERSION,
-        [(1, "a", 1, 5), (3, "old", 3, 8), (4, "new", 4, 8)],
+        [(1, "a", 1, 5), (3, "old", 3, 8)],
         [ExtraRow((2,), 5), ExtraRow((9,), 5)],
+        inserts=[(4, "new", 4, 8)],
         run_id="exceptions",
     )
 
     outcome = apply_repair(conn, plan, audit=audit, audit_detail=AuditDetail.EXCEPTIONS)
 
-    assert (outcome.upserted, outcome.skipped_unchanged, outcome.skipped_newer) == (1, 1, 1)
+    assert (outcome.upserted, outcome.copied) == (1, 1)  # key 4, copied straight in
+    assert (outcome.skipped_unchanged, outcome.skipped_newer) == (1, 1)
     assert (outcome.deleted, outcome.skipped_absent) == (1, 1)
     actions = {(a.key["id"], a.action) for a in read_run_actions(conn, "exceptions", tables=audit)}
     assert actions == {
@@ -789,9 +925,11 @@ def test_exception_audit_records_only_deletes_and_keys_left_alone(
         (2, RepairAction.DELETE),
         (9, RepairAction.SKIP_ABSENT),
     }
-    (batch_0, batch_1) = read_run_batches(conn, "exceptions", tables=audit)
-    assert (batch_0.upserted, batch_0.skipped_unchanged, batch_0.skipped_newer) == (1, 1, 1)
-    assert (batch_1.deleted, batch_1.skipped_absent) == (1, 1)
+    (inserted, upserted, deleted) = read_run_batches(conn, "exceptions", tables=audit)
+    assert inserted.upserted == 1  # counted, its key not recorded
+    assert (upserted.upserted, upserted.skipped_unchanged, upserted.skipped_newer) == (0, 1, 1)
+    assert (deleted.deleted, deleted.skipped_absent) == (1, 1)
+    assert table_state(postgres_dsn, table) == ["(1,a,1,5)", "(3,c,3,9)", "(4,new,4,8)"]
 
 
 def test_the_per_key_trail_is_one_set_per_batch_and_action_unrolled_by_the_view(

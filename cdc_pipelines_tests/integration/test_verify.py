@@ -322,7 +322,7 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
             orders, VERSION, result.upsert_rows, result.delete_rows, inserts=result.insert_rows
         )
         outcome = apply_repair(conn, plan, audit=audit)
-        assert (outcome.upserted, outcome.deleted) == (2, 1)
+        assert (outcome.upserted, outcome.deleted, outcome.copied) == (2, 1, 1)
 
         again = verify_discrepancies(
             orders,
