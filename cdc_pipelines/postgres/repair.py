@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -93,6 +94,7 @@ _RETRYABLE = (
 )
 
 Row = tuple[object, ...]
+log = logging.getLogger(__name__)
 
 
 class BatchKind(StrEnum):
@@ -1204,6 +1206,13 @@ def apply_repair(
             raise ServiceError(
                 f"table {plan.target_name}: cannot prepare the repair: {exc}; check the connection"
             ) from exc
+        if plan.inserts and types.copy_blockers:
+            log.info(
+                "table %s has %s: its %d missing rows go through the guarded upsert, not COPY",
+                plan.target_name,
+                " and ".join(types.copy_blockers),
+                plan.insert_count,
+            )
         return _ApplySettings(
             plan=plan,
             run_id=run_id,

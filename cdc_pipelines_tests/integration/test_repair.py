@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import logging
 import subprocess
 import threading
 import time
@@ -612,15 +613,24 @@ SHOUT = (
     "CREATE FUNCTION {s}.shout() RETURNS trigger LANGUAGE plpgsql AS "
     "$$BEGIN NEW.name := upper(NEW.name); RETURN NEW; END$$"
 )
-# Each blocker's setup, and the names the three repaired rows end with.
+# Each blocker's setup, how repair names it, and the names the three repaired rows end with.
 COPY_BLOCKERS = {
-    "row-level security": (["ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"], "r1 r2 r3"),
-    "rule": (["CREATE RULE on_delete AS ON DELETE TO {t} DO ALSO NOTIFY cdc_repair"], "r1 r2 r3"),
+    "row-level security": (
+        ["ALTER TABLE {t} ENABLE ROW LEVEL SECURITY"],
+        "row-level security",
+        "r1 r2 r3",
+    ),
+    "rule": (
+        ["CREATE RULE on_delete AS ON DELETE TO {t} DO ALSO NOTIFY cdc_repair"],
+        "rewrite rules",
+        "r1 r2 r3",
+    ),
     "trigger": (
         [
             SHOUT,
             "CREATE TRIGGER shout BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION {s}.shout()",
         ],
+        "user triggers",
         "R1 R2 R3",
     ),
     "trigger on a partition": (
@@ -633,6 +643,7 @@ COPY_BLOCKERS = {
             "CREATE TRIGGER shout BEFORE INSERT ON {s}.items_high "
             "FOR EACH ROW EXECUTE FUNCTION {s}.shout()",
         ],
+        "user triggers",
         "r1 R2 R3",
     ),
 }
@@ -645,21 +656,24 @@ def test_a_table_where_copy_differs_from_insert_takes_the_guarded_path(
     conn: psycopg.Connection[Any],
     audit: AuditTables,
     blocker: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """COPY refuses row-level security, ignores rules, and a trigger may rewrite rows that
     only the guarded path's RETURNING sees: such tables never get the straight COPY."""
+    caplog.set_level(logging.INFO, logger="cdc_pipelines.postgres.repair")
     table = simple_table(pg_schema)
     names = {
         "t": sql.Identifier(pg_schema, "items").as_string(None),
         "s": sql.Identifier(pg_schema).as_string(None),
     }
-    setup, expected_names = COPY_BLOCKERS[blocker]
+    setup, named, expected_names = COPY_BLOCKERS[blocker]
     create_target(postgres_dsn, table, *(text.format(**names) for text in setup))
     plan = plan_repair(table, VERSION, [], inserts=[(i, f"r{i}", i, 200) for i in range(1, 4)])
 
     outcome = apply_repair(conn, plan, audit=audit)
 
     assert (outcome.upserted, outcome.copied) == (3, 0)
+    assert f"has {named}: its 3 missing rows go through the guarded upsert" in caplog.text
     assert table_state(postgres_dsn, table) == [
         f"({i},{name},{i},200)" for i, name in enumerate(expected_names.split(), start=1)
     ]
