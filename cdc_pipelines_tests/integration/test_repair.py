@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from cdc_pipelines.postgres.ddl import create_statements
 from cdc_pipelines.postgres.repair import (
     BatchReport,
     ExtraRow,
+    RepairOutcome,
     RepairPlan,
     apply_repair,
     batch_count,
@@ -450,6 +451,27 @@ def _wait_until_blocked(dsn: str, application_name: str) -> None:
     raise AssertionError("the repair never waited for the concurrent writer's row lock")
 
 
+def _repair_blocked_by(
+    dsn: str, plan: RepairPlan, audit: AuditTables, release: Callable[[], object]
+) -> RepairOutcome:
+    """Apply ``plan`` in a thread, wait until it waits on a writer's lock, then ``release``
+    the writer (commit or roll back) and return the repair's outcome."""
+    app = f"repair-{uuid.uuid4().hex[:8]}"
+    outcome: list[RepairOutcome] = []
+
+    def run() -> None:
+        with psycopg.connect(dsn, application_name=app) as repair_conn:
+            outcome.append(apply_repair(repair_conn, plan, audit=audit))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_until_blocked(dsn, app)
+    release()
+    thread.join(timeout=LOCK_WAIT_TIMEOUT_S)
+    assert outcome, "the repair did not finish"
+    return outcome[0]
+
+
 @pytest.mark.parametrize("kind", ["insert", "upsert", "delete"])
 def test_concurrent_writer_newer_version_survives_a_running_batch(
     postgres_dsn: str, pg_schema: str, audit: AuditTables, kind: str
@@ -477,9 +499,6 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
         plan = plan_repair(table, VERSION, repaired)
     else:
         plan = plan_repair(table, VERSION, [], [ExtraRow((i,), 100) for i in range(1, 6)])
-    app = f"repair-{uuid.uuid4().hex[:8]}"
-    outcome: list[Any] = []
-
     with psycopg.connect(postgres_dsn) as writer:
         items = sql.Identifier(pg_schema, "items")
         if kind == "insert":
@@ -494,19 +513,8 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
                     items, sql.Identifier(VERSION)
                 )
             )  # uncommitted: holds the row lock
+        result = _repair_blocked_by(postgres_dsn, plan, audit, writer.commit)
 
-        def run() -> None:
-            with psycopg.connect(postgres_dsn, application_name=app) as repair_conn:
-                outcome.append(apply_repair(repair_conn, plan, audit=audit))
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        _wait_until_blocked(postgres_dsn, app)
-        writer.commit()
-        thread.join(timeout=LOCK_WAIT_TIMEOUT_S)
-    assert outcome, "the repair did not finish"
-
-    result = outcome[0]
     with psycopg.connect(postgres_dsn) as conn:
         rows: dict[int, str] = dict(
             conn.execute(
@@ -586,26 +594,14 @@ def test_a_writer_that_rolls_back_lets_the_straight_copy_through(
     plan = plan_repair(
         table, VERSION, [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
     )
-    app = f"repair-{uuid.uuid4().hex[:8]}"
-    outcome: list[Any] = []
     with psycopg.connect(postgres_dsn) as writer:
         writer.execute(
             sql.SQL("INSERT INTO {} (id, name, qty, {}) VALUES (3, 'writer', 3, 300)").format(
                 sql.Identifier(pg_schema, "items"), sql.Identifier(VERSION)
             )
         )
-
-        def run() -> None:
-            with psycopg.connect(postgres_dsn, application_name=app) as repair_conn:
-                outcome.append(apply_repair(repair_conn, plan, audit=audit))
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        _wait_until_blocked(postgres_dsn, app)
-        writer.rollback()
-        thread.join(timeout=LOCK_WAIT_TIMEOUT_S)
-    assert outcome, "the repair did not finish"
-    assert (outcome[0].upserted, outcome[0].copied, outcome[0].skipped_newer) == (5, 5, 0)
+        outcome = _repair_blocked_by(postgres_dsn, plan, audit, writer.rollback)
+    assert (outcome.upserted, outcome.copied, outcome.skipped_newer) == (5, 5, 0)
     assert table_state(postgres_dsn, table) == [f"({i},repair-{i},{i},200)" for i in range(1, 6)]
 
 
