@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
+from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.audit import AuditTables
 from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation
@@ -100,20 +101,26 @@ def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, post
     )
 
 
+def drift_target(dsn: str, table: TableSpec, *statements: str) -> None:
+    """Run statements on the target, ``{}`` standing for its schema (the sink never sees them)."""
+    schema = sql.Identifier(table.target_schema)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(sql.SQL(statement).format(schema))
+
+
 def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
     replicated, settings, tmp_path, postgres_dsn
 ):
     config, table, _source, _rows = replicated
-    schema = sql.Identifier(table.target_schema)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE id < 4").format(schema))
-        conn.execute(sql.SQL("UPDATE {}.all_types SET c_map = NULL WHERE id = 20").format(schema))
-        conn.execute(
-            sql.SQL(
-                'INSERT INTO {}.all_types (id, region, "order", _cdc_version_us) '
-                "VALUES (9999, 'eu-west', 1, 1)"
-            ).format(schema)
-        )
+    drift_target(
+        postgres_dsn,
+        table,
+        "DELETE FROM {}.all_types WHERE id < 4",
+        "UPDATE {}.all_types SET c_map = NULL WHERE id = 20",
+        'INSERT INTO {}.all_types (id, region, "order", _cdc_version_us) '
+        "VALUES (9999, 'eu-west', 1, 1)",
+    )
     dry = run_reconciliation(config, table, settings, options(tmp_path))
     assert (dry.missing, dry.extra, dry.mismatched) == (4, 1, 1)
     assert dry.remaining == 6 and dry.repaired == {"upserted": 0, "deleted": 0}
@@ -199,8 +206,7 @@ def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
     """Every slice is planned before any is applied: no partial repair on a bad row."""
     config, table, source, _rows = replicated
     schema = sql.Identifier(table.target_schema)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DELETE FROM {}.all_types WHERE id < 12").format(schema))
+    drift_target(postgres_dsn, table, "DELETE FROM {}.all_types WHERE id < 12")
     # NaN inside a tuple has no jsonb form: repair refuses that row at plan time.
     source.upsert([row(40, c_tuple=(1, "two", float("nan")))], now_us(), silent=True)
 
