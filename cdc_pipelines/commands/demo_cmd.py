@@ -13,6 +13,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from cdc_pipelines.demo import run_demo
+    from cdc_pipelines.demo.run import run_demo
 
     return run_demo(report=say)

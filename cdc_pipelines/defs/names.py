@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import dagster as dg
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
-from cdc_pipelines.scylla.slices import slice_ids
+from cdc_pipelines.ring.slices import slice_ids
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (

@@ -24,7 +24,7 @@ from psycopg import sql
 
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError, ServiceError
-from cdc_pipelines.reconcile.canonical import POSTGRES_SESSION_SETTINGS, CanonicalSchema
+from cdc_pipelines.rows.canonical import POSTGRES_SESSION_SETTINGS, CanonicalSchema
 
 BATCH_BYTES = 8 << 20  # ADBC's target size of one record batch
 READ_AHEAD = 2  # batches waiting for the indexing thread

@@ -66,13 +66,14 @@ from cdc_pipelines.postgres.literals import (
     value_checker,
 )
 from cdc_pipelines.postgres.types import VERSION_COLUMN_PG_TYPE, column_pg_type
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.rows.canonical import (
     CanonicalSchema,
     dumps_canonical,
     json_element,
     time_nanos,
 )
-from cdc_pipelines.scylla.cdc_envelope import connector_value
+from cdc_pipelines.rows.connector_form import connector_value
+from cdc_pipelines.rows.layout import written_columns
 
 DEFAULT_BATCH_SIZE = 20_000  # rows per batch; its temp table stays within temp_buffers (8 MB)
 SCRIPT_ROWS_PER_STATEMENT = 100
@@ -220,16 +221,6 @@ class RepairPlan:
         It does not write the audit tables.
         """
         return _script(self)
-
-
-def upsert_layout(table: TableSpec, version_column: str) -> tuple[str, ...]:
-    """Column order of an upsert row: replicated non-masked columns (declared order), version."""
-    return (*(c.name for c in written_columns(table)), version_column)
-
-
-def written_columns(table: TableSpec) -> tuple[ColumnSpec, ...]:
-    """The columns repair writes: replicated ones in declaration order, masked ones left out."""
-    return tuple(c for c in table.replicated_columns if c.name not in table.mask)
 
 
 # --------------------------------------------------------------------------- planning

@@ -24,14 +24,14 @@ from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.arrow_read import read_target_batches
 from cdc_pipelines.postgres.types import column_pg_type
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.ring.slices import slice_id, slice_indices
+from cdc_pipelines.ring.tokens import partition_tokens
+from cdc_pipelines.rows.canonical import (
     ROW_HASH_COLUMN,
     CanonicalSchema,
     from_postgres_columns,
 )
-from cdc_pipelines.reconcile.rowhash import hash_connection, with_row_hash
-from cdc_pipelines.scylla.slices import slice_id, slice_indices
-from cdc_pipelines.scylla.tokens import partition_tokens
+from cdc_pipelines.rows.rowhash import hash_connection, with_row_hash
 
 TOKEN_COLUMN = "_token"
 MANIFEST = "manifest.json"

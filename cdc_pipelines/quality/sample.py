@@ -13,8 +13,8 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from cdc_pipelines.config import TableSpec
+from cdc_pipelines.ring.slices import MAX_TOKEN, MIN_TOKEN
 from cdc_pipelines.scylla.session import quote_cql
-from cdc_pipelines.scylla.slices import MAX_TOKEN, MIN_TOKEN
 
 if TYPE_CHECKING:
     import pandas as pd

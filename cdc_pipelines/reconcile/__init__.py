@@ -1,4 +1,4 @@
-"""Reconciliation core: canonical Arrow form, row hashes, and the exact per-slice diff.
+"""Reconciliation of one table: the steps index → diff → verify → repair, and their scratch files.
 
-Every step works on plain Arrow tables, so it is testable without a database.
+The only package that drives both readers and the writer; the CLI and Dagster compose its steps.
 """

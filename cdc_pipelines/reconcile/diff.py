@@ -21,14 +21,14 @@ import pyarrow as pa
 
 from cdc_pipelines.config import Tolerances
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.rows.canonical import (
     ROW_HASH_COLUMN,
     UUID_TYPE,
     CanonicalColumn,
     CanonicalSchema,
 )
-from cdc_pipelines.reconcile.compare import differing_columns
-from cdc_pipelines.reconcile.rowhash import ROW_HASH_TYPE, exact_storage, row_hash_sql
+from cdc_pipelines.rows.compare import differing_columns
+from cdc_pipelines.rows.rowhash import ROW_HASH_TYPE, exact_storage, row_hash_sql
 
 DIFFERING_COLUMNS = "differing_columns"
 SOURCE_VALUES = "source_values"

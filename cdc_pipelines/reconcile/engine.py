@@ -34,10 +34,10 @@ from cdc_pipelines.postgres.repair import (
     plan_repair,
 )
 from cdc_pipelines.postgres.target_index import TargetIndexManifest, build_target_index
-from cdc_pipelines.reconcile.canonical import CanonicalSchema
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
-from cdc_pipelines.reconcile.keys import driver_keys
 from cdc_pipelines.reconcile.verify import VerificationResult
+from cdc_pipelines.rows.canonical import CanonicalSchema
+from cdc_pipelines.rows.keys import driver_keys
 from cdc_pipelines.settings import ConnectionSettings
 
 if TYPE_CHECKING:
@@ -167,9 +167,9 @@ def reconcile_slice(
 ) -> SliceOutcome:
     """Read the slice from the source, diff it against the target index, store the candidates."""
     from cdc_pipelines.postgres.target_index import read_slice_index
+    from cdc_pipelines.ring.slices import slice_by_id
     from cdc_pipelines.scylla.reader import read_slice
     from cdc_pipelines.scylla.session import cql_session
-    from cdc_pipelines.scylla.slices import slice_by_id
 
     started = time.monotonic()
     schema = canonical_schema(config, table)
@@ -286,7 +286,7 @@ def diff_all_slices(
     """Diff every slice, ``options.workers`` processes at a time (the CQL driver is CPU-bound)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from cdc_pipelines.scylla.slices import slice_ids
+    from cdc_pipelines.ring.slices import slice_ids
 
     keys = slice_ids(config.slices_for(table))
     outcomes: list[SliceOutcome] = []
@@ -471,10 +471,10 @@ class CandidateVerifier:
 
     def verify(self, candidates: Sequence[pa.Table]) -> VerificationResult:
         from cdc_pipelines.kafka.offsets import sink_group, wait_until_caught_up
+        from cdc_pipelines.postgres.key_reads import read_target_rows
         from cdc_pipelines.reconcile.verify import (
             Candidate,
             CandidateKind,
-            read_target_rows,
             verify_discrepancies,
         )
         from cdc_pipelines.scylla.key_reads import read_source_rows
@@ -729,9 +729,9 @@ def _scan_slice_rows(
     config_json: str, source: str, slice_key: str, settings: ConnectionSettings
 ) -> int:
     """Rows of one slice as read by the source reader (the scan alone, for benchmarks)."""
+    from cdc_pipelines.ring.slices import slice_by_id
     from cdc_pipelines.scylla.reader import read_slice
     from cdc_pipelines.scylla.session import cql_session
-    from cdc_pipelines.scylla.slices import slice_by_id
 
     config = PipelineConfig.model_validate_json(config_json)
     table = config.table(source)

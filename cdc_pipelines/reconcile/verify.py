@@ -12,40 +12,24 @@ takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
-import psycopg
 import pyarrow as pa
-import pyarrow.csv as pa_csv
-from psycopg import sql
 
 from cdc_pipelines.config import TableSpec, Tolerances
-from cdc_pipelines.errors import ReconcileError, ServiceError
+from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.kafka.offsets import CatchUp
-from cdc_pipelines.postgres.literals import register_copy_dumpers
-from cdc_pipelines.postgres.repair import ExtraRow, plan_repair, upsert_layout
-from cdc_pipelines.postgres.target_index import numeric_text_columns, select_expression
-from cdc_pipelines.reconcile.canonical import (
-    POSTGRES_SESSION_SETTINGS,
-    CanonicalSchema,
-    from_postgres_text,
-    from_python_rows,
-    postgres_csv_options,
-)
-from cdc_pipelines.reconcile.compare import differing_columns
+from cdc_pipelines.postgres.key_reads import TargetRow
+from cdc_pipelines.postgres.repair import ExtraRow
+from cdc_pipelines.rows.canonical import CanonicalSchema, from_python_rows
+from cdc_pipelines.rows.compare import differing_columns
+from cdc_pipelines.rows.keys import Key, key_identity
+from cdc_pipelines.rows.layout import upsert_layout
 from cdc_pipelines.scylla.key_reads import SourceRow
 
-KEYS_TEMP_NAME = "cdc_verify_keys"
 VERIFY_CHUNK = 20_000  # keys re-read at a time: bounds memory at any drift
-POSITION_COLUMN = "_cdc_verify_position"
-TEXT_OID = 25
-BPCHAR_OID = 1042  # psycopg has no binary dumper for char(n); its binary form is text's
-
-Key = tuple[object, ...]
 
 
 class CandidateKind(StrEnum):
@@ -66,23 +50,6 @@ class Candidate:
 
     key: Key
     kind: CandidateKind
-
-
-@dataclass(frozen=True)
-class TargetRow:
-    """A target row re-read by key: one row of the canonical table (exact, e.g. time in ns)."""
-
-    canonical: pa.Table
-
-    @property
-    def version(self) -> int | None:
-        version = self.canonical.column(self.canonical.num_columns - 1)[0].as_py()
-        return None if version is None else int(version)
-
-    @property
-    def values(self) -> tuple[object, ...]:
-        """The row as Python values, in ``CanonicalSchema.column_names`` order."""
-        return tuple(column[0].as_py() for column in self.canonical.columns)
 
 
 @dataclass(frozen=True)
@@ -141,135 +108,13 @@ SourceReader = Callable[[Sequence[Key]], Sequence[SourceRow | None]]
 TargetReader = Callable[[Sequence[Key]], Sequence[TargetRow | None]]
 
 
-# --------------------------------------------------------------------------- target reader
-
-
-def _position_column(table: TableSpec) -> str:
-    name = POSITION_COLUMN
-    while any(c.name == name for c in table.columns):
-        name = "_" + name
-    return name
-
-
-def read_target_rows(
-    conn: psycopg.Connection[Any],
-    table: TableSpec,
-    keys: Sequence[Key],
-    *,
-    version_column: str,
-    user_types: Mapping[str, Mapping[str, str]] | None = None,
-) -> list[TargetRow | None]:
-    """Re-read ``keys`` from the target in one statement; one entry per key (None: absent).
-
-    The keys go through a temp table by binary COPY (converted like repair converts them) and
-    the rows come back as ``COPY … (FORMAT CSV)`` parsed into the canonical form.
-    """
-    if not keys:
-        return []
-    first: dict[object, int] = {}
-    distinct = [first.setdefault(_identity(k), i) == i for i, k in enumerate(keys)]
-    unique_keys = [k for k, keep in zip(keys, distinct, strict=True) if keep]
-    checked = plan_repair(
-        table, version_column, [], [ExtraRow(k, None) for k in unique_keys], user_types=user_types
-    )
-    schema = CanonicalSchema.from_table(table, version_column=version_column, user_types=user_types)
-    position = _position_column(table)
-    key_names = sql.SQL(", ").join(sql.Identifier(n) for n in table.primary_key)
-    target = sql.Identifier(table.target_schema, table.target_table)
-    temp = sql.Identifier("pg_temp", KEYS_TEMP_NAME)
-    t, k = sql.Identifier("t"), sql.Identifier("k")
-    match = sql.SQL(" AND ").join(
-        sql.SQL("{}.{} = {}.{}").format(t, sql.Identifier(n), k, sql.Identifier(n))
-        for n in table.primary_key
-    )
-    selected = sql.SQL(", ").join(select_expression(table, n, t) for n in schema.column_names)
-    read = sql.SQL(
-        "COPY (SELECT {k}.{position}, {selected} FROM {temp} AS {k} JOIN {target} AS {t} "
-        "ON {match} ORDER BY 1) TO STDOUT (FORMAT CSV)"
-    ).format(
-        k=k,
-        position=sql.Identifier(position),
-        selected=selected,
-        temp=temp,
-        target=target,
-        t=t,
-        match=match,
-    )
-    try:
-        with conn.transaction(), conn.cursor() as cursor:
-            for name, value in POSTGRES_SESSION_SETTINGS.items():
-                cursor.execute("SELECT set_config(%s, %s, true)", (name, value))
-            cursor.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE {} ON COMMIT DROP AS "
-                    "SELECT 0::bigint AS {}, {} FROM {} WITH NO DATA"
-                ).format(
-                    sql.Identifier(KEYS_TEMP_NAME), sql.Identifier(position), key_names, target
-                )
-            )
-            oids = [
-                TEXT_OID if oid == BPCHAR_OID else oid
-                for (oid,) in cursor.execute(
-                    "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END "
-                    "FROM pg_attribute AS a JOIN pg_type AS t ON t.oid = a.atttypid "
-                    "WHERE a.attrelid = %s::regclass AND a.attnum > 0 ORDER BY a.attnum",
-                    (temp.as_string(conn),),
-                ).fetchall()
-            ]
-            register_copy_dumpers(cursor.adapters)
-            with cursor.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(temp)) as copy:
-                copy.set_types(oids)
-                for number, row in enumerate(checked.deletes):
-                    copy.write_row((number, *row[:-1]))
-            data = bytearray()
-            with cursor.copy(read) as copy:
-                for chunk in copy:
-                    data += chunk
-    except psycopg.Error as exc:
-        raise ServiceError(
-            f"table {table.target}: re-reading {len(keys)} keys from the target failed: {exc}"
-        ) from None
-    found = dict(_parse_target_csv(bytes(data), position, schema, numeric_text_columns(table)))
-    by_unique = [TargetRow(found[n]) if n in found else None for n in range(len(unique_keys))]
-    unique_number = {i: n for n, i in enumerate(i for i, keep in enumerate(distinct) if keep)}
-    return [by_unique[unique_number[first[_identity(k)]]] for k in keys]
-
-
-def _parse_target_csv(
-    data: bytes, position: str, schema: CanonicalSchema, numeric_text: frozenset[str]
-) -> list[tuple[int, pa.Table]]:
-    if not data:
-        return []
-    names = [position, *schema.column_names]
-    table = pa_csv.read_csv(pa.BufferReader(data), **postgres_csv_options(names))
-    positions = [int(p) for p in table.column(position).to_pylist()]
-    canonical = from_postgres_text(
-        table.drop_columns([position]), schema, numeric_text=numeric_text
-    ).combine_chunks()
-    return [(p, canonical.slice(i, 1)) for i, p in enumerate(positions)]
-
-
 # --------------------------------------------------------------------------- verification
-
-
-def _identity(key: Key) -> object:
-    # Keys may hold lists (frozen collections) or NaN; make them usable as dict keys.
-    def freeze(value: object) -> object:
-        if isinstance(value, list | tuple | set | frozenset):
-            return tuple(freeze(v) for v in value)
-        if isinstance(value, float) and math.isnan(value):
-            return ("NaN",)
-        if isinstance(value, dict):
-            return tuple(sorted((repr(k), freeze(v)) for k, v in value.items()))
-        return value
-
-    return freeze(key)
 
 
 def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
     seen: dict[object, Candidate] = {}
     for candidate in candidates:
-        seen.setdefault(_identity(candidate.key), candidate)
+        seen.setdefault(key_identity(candidate.key), candidate)
     return list(seen.values())
 
 

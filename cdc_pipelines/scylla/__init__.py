@@ -1,4 +1,4 @@
-"""ScyllaDB side of the pipeline: the Murmur3 token ring, its slices, and partition-key tokens.
+"""ScyllaDB side of the pipeline: CQL sessions, the source reader and key re-reads.
 
-Nothing here talks to a cluster; readers built on top use these to page by token range.
+Library code: no Dagster imports. Every CQL identifier is quoted with ``quote_cql``.
 """

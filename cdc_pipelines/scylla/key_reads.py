@@ -25,7 +25,7 @@ from cassandra.util import Date
 from cdc_pipelines.config import ColumnSpec, TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError, ServiceError
-from cdc_pipelines.postgres.repair import written_columns
+from cdc_pipelines.rows.layout import written_columns
 from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
 from cdc_pipelines.scylla.session import quote_cql
 

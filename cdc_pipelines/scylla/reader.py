@@ -17,9 +17,9 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ServiceError
-from cdc_pipelines.reconcile.canonical import CanonicalSchema, from_python_rows
+from cdc_pipelines.ring.slices import TokenRange, TokenSlice, cql_token_bounds
+from cdc_pipelines.rows.canonical import CanonicalSchema, from_python_rows
 from cdc_pipelines.scylla.session import quote_cql
-from cdc_pipelines.scylla.slices import TokenRange, TokenSlice, cql_token_bounds
 
 DEFAULT_SUBRANGES_PER_SLICE = 16
 DEFAULT_CONCURRENCY = 8

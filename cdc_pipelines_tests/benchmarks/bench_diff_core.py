@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_pipelines.config import TableSpec, Tolerances
-from cdc_pipelines.reconcile.canonical import CanonicalSchema, from_postgres_text, normalize
 from cdc_pipelines.reconcile.diff import diff_slice
-from cdc_pipelines.reconcile.rowhash import row_hashes
-from cdc_pipelines.scylla.tokens import partition_tokens, reference_partition_tokens
+from cdc_pipelines.ring.tokens import partition_tokens, reference_partition_tokens
+from cdc_pipelines.rows.canonical import CanonicalSchema, from_postgres_text, normalize
+from cdc_pipelines.rows.rowhash import row_hashes
 
 DRIFT = 0.02
 REPEATS = 3

@@ -193,7 +193,7 @@ def typed_read(config: PipelineConfig, settings: ConnectionSettings) -> int:
 
 def source_scan(config: PipelineConfig, settings: ConnectionSettings) -> int:
     from cdc_pipelines.reconcile.engine import _scan_slice_rows
-    from cdc_pipelines.scylla.slices import slice_ids
+    from cdc_pipelines.ring.slices import slice_ids
 
     table = config.tables[0]
     with ProcessPoolExecutor(2) as pool:

@@ -42,8 +42,8 @@ from cdc_pipelines.postgres.repair import (
     apply_repair,
     batch_count,
     plan_repair,
-    upsert_layout,
 )
+from cdc_pipelines.rows.layout import upsert_layout
 
 VERSION = "_cdc_version_us"
 LOCK_WAIT_TIMEOUT_S = 20.0

@@ -28,8 +28,8 @@ from cdc_pipelines.postgres.target_index import (
     read_slice_index,
     select_expression,
 )
-from cdc_pipelines.reconcile.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_python_rows
-from cdc_pipelines.scylla.slices import slice_id
+from cdc_pipelines.ring.slices import slice_id
+from cdc_pipelines.rows.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_python_rows
 from cdc_pipelines_tests.unit.test_canonical import VALUE_STRATEGIES, pg_text
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 

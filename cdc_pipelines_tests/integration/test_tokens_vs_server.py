@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc_pipelines.cqltypes import parse_cql_type
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.ring.tokens import partition_tokens, reference_partition_tokens
+from cdc_pipelines.rows.canonical import (
     CanonicalColumn,
     CanonicalSchema,
     ColumnRole,
     canonical_arrow_type,
     from_python_rows,
 )
-from cdc_pipelines.scylla.tokens import partition_tokens, reference_partition_tokens
 from cdc_pipelines_tests.unit.test_tokens import KEY_TYPES, KEY_VALUES
 
 EXAMPLES_PER_TYPE = 8

@@ -34,14 +34,15 @@ from cdc_pipelines.kafka.offsets import (
 )
 from cdc_pipelines.postgres.audit import AuditTables
 from cdc_pipelines.postgres.ddl import create_statements
-from cdc_pipelines.postgres.repair import apply_repair, plan_repair, upsert_layout
+from cdc_pipelines.postgres.key_reads import read_target_rows
+from cdc_pipelines.postgres.repair import apply_repair, plan_repair
 from cdc_pipelines.reconcile import verify
 from cdc_pipelines.reconcile.verify import (
     Candidate,
     CandidateKind,
-    read_target_rows,
     verify_discrepancies,
 )
+from cdc_pipelines.rows.layout import upsert_layout
 from cdc_pipelines.scylla.key_reads import read_source_rows
 from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines_tests.declarations import all_types_declaration

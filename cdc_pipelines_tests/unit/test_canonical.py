@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from cdc_pipelines.config import TableSpec, Tolerances
 from cdc_pipelines.cqltypes import CqlType, parse_cql_type
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.rows.canonical import (
     TIMESTAMP_TYPE,
     CanonicalColumn,
     CanonicalSchema,

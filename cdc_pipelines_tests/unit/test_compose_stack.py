@@ -2,7 +2,7 @@
 
 The parser is docker-compose 1.29.2 in its own virtualenv (its bundled
 compose-spec schema and `docker-compose config`); no Docker engine is needed.
-Provision it with `python -m cdc_pipelines.devstack.compose_check --install-only`;
+Provision it with `python -m cdc_pipelines_tests.tooling.compose_check --install-only`;
 without it these tests fail, they do not skip.
 """
 
@@ -21,8 +21,8 @@ import yaml
 
 from cdc_pipelines.config import CONFIG_ENV_VAR, load_config
 from cdc_pipelines.connect import configs as connector_configs
-from cdc_pipelines.devstack import compose_check
 from cdc_pipelines.settings import ENV_NAMES, ConnectionSettings
+from cdc_pipelines_tests.tooling import compose_check
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"

@@ -16,13 +16,6 @@ from hypothesis import strategies as st
 from cdc_pipelines.config import TableSpec, Tolerances
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import (
-    ROW_HASH_COLUMN,
-    CanonicalColumn,
-    CanonicalSchema,
-    ColumnRole,
-    from_python_rows,
-)
 from cdc_pipelines.reconcile.diff import (
     DIFFERING_COLUMNS,
     SOURCE_VALUES,
@@ -31,7 +24,14 @@ from cdc_pipelines.reconcile.diff import (
     diff_slice,
     discrepancy_keys,
 )
-from cdc_pipelines.reconcile.rowhash import ROW_HASH_TYPE, row_hashes, with_row_hash
+from cdc_pipelines.rows.canonical import (
+    ROW_HASH_COLUMN,
+    CanonicalColumn,
+    CanonicalSchema,
+    ColumnRole,
+    from_python_rows,
+)
+from cdc_pipelines.rows.rowhash import ROW_HASH_TYPE, row_hashes, with_row_hash
 
 SPEC = TableSpec.model_validate(
     {

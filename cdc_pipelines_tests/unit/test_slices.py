@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.scylla.slices import (
+from cdc_pipelines.ring.slices import (
     MAX_TOKEN,
     MIN_TOKEN,
     RING_SIZE,

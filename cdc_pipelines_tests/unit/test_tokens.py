@@ -18,16 +18,9 @@ from hypothesis import strategies as st
 
 from cdc_pipelines.cqltypes import CqlType, parse_cql_type
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import (
-    CanonicalColumn,
-    CanonicalSchema,
-    ColumnRole,
-    canonical_arrow_type,
-    from_python_rows,
-)
-from cdc_pipelines.scylla import tokens as token_module
-from cdc_pipelines.scylla.slices import MAX_TOKEN, MIN_TOKEN
-from cdc_pipelines.scylla.tokens import (
+from cdc_pipelines.ring import tokens as token_module
+from cdc_pipelines.ring.slices import MAX_TOKEN, MIN_TOKEN
+from cdc_pipelines.ring.tokens import (
     MIN_VECTOR_GROUP,
     SerializedKeys,
     murmur3_token,
@@ -37,6 +30,13 @@ from cdc_pipelines.scylla.tokens import (
     reference_partition_tokens,
     serialize_partition_keys,
     table_tokens,
+)
+from cdc_pipelines.rows.canonical import (
+    CanonicalColumn,
+    CanonicalSchema,
+    ColumnRole,
+    canonical_arrow_type,
+    from_python_rows,
 )
 
 EPOCH = dt.datetime(1970, 1, 1)

@@ -7,6 +7,7 @@ timestamps in µs); re-reading a key on both sides needs it as the driver's valu
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from decimal import Decimal
 
@@ -14,7 +15,7 @@ import pyarrow as pa
 
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import CanonicalSchema
+from cdc_pipelines.rows.canonical import CanonicalSchema
 
 Key = tuple[object, ...]
 
@@ -50,3 +51,18 @@ def driver_keys(keys: pa.Table, schema: CanonicalSchema) -> list[Key]:
         tuple(driver_value(values[i], cql, name) for values, cql, name in columns)
         for i in range(keys.num_rows)
     ]
+
+
+def key_identity(key: Key) -> object:
+    """A key usable as a dict key: lists (frozen collections) as tuples, NaN as a marker."""
+
+    def freeze(value: object) -> object:
+        if isinstance(value, list | tuple | set | frozenset):
+            return tuple(freeze(v) for v in value)
+        if isinstance(value, float) and math.isnan(value):
+            return ("NaN",)
+        if isinstance(value, dict):
+            return tuple(sorted((repr(k), freeze(v)) for k, v in value.items()))
+        return value
+
+    return freeze(key)

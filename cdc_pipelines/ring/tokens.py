@@ -31,14 +31,14 @@ from cassandra.murmur3 import murmur3 as _driver_murmur3
 
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import (
+from cdc_pipelines.ring.slices import MAX_TOKEN, MIN_TOKEN
+from cdc_pipelines.rows.canonical import (
     CanonicalSchema,
     date_days,
     string_buffers,
     time_nanos,
     timestamp_micros,
 )
-from cdc_pipelines.scylla.slices import MAX_TOKEN, MIN_TOKEN
 
 UserTypes = Mapping[str, Sequence[tuple[str, CqlType]]]
 _WordLoader = Callable[[int], npt.NDArray[np.uint64]]

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cdc_pipelines.config import Tolerances
-from cdc_pipelines.reconcile.canonical import CanonicalColumn
+from cdc_pipelines.rows.canonical import CanonicalColumn
 
 FLOAT_TYPES = frozenset({"float", "double"})
 

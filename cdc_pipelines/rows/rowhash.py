@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.reconcile.canonical import ROW_HASH_COLUMN, CanonicalColumn, CanonicalSchema
+from cdc_pipelines.rows.canonical import ROW_HASH_COLUMN, CanonicalColumn, CanonicalSchema
 
 ROW_HASH_TYPE = pa.uint64()
 ROW_HASH_ALGORITHM = f"duckdb-{duckdb.__version__}-hash"

@@ -7,9 +7,9 @@ the compose-spec JSON schema that ships inside that package (applied with the
 project's ``jsonschema``), and ``docker-compose config -q``, which also
 interpolates ``${VAR}`` from an env file and checks cross-references.
 
-    python -m cdc_pipelines.devstack.compose_check                 # install if missing, validate
-    python -m cdc_pipelines.devstack.compose_check --install-only  # provisioning step for CI
-    python -m cdc_pipelines.devstack.compose_check --no-install    # validate, never install
+    python -m cdc_pipelines_tests.tooling.compose_check                 # install if missing, validate
+    python -m cdc_pipelines_tests.tooling.compose_check --install-only  # provisioning step for CI
+    python -m cdc_pipelines_tests.tooling.compose_check --no-install    # validate, never install
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def default_venv() -> Path:
 
 def install_command() -> str:
     """The command that provisions the validator, for error messages and docs."""
-    return f"{sys.executable} -m cdc_pipelines.devstack.compose_check --install-only"
+    return f"{sys.executable} -m cdc_pipelines_tests.tooling.compose_check --install-only"
 
 
 def _fingerprint() -> str:
@@ -326,7 +326,7 @@ def validate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cdc_pipelines.devstack.compose_check",
+        prog="python -m cdc_pipelines_tests.tooling.compose_check",
         description=(
             f"Validate a compose file with docker-compose {COMPOSE_VERSION} "
             "(its compose-spec schema and `config -q`), installing it first if missing."

@@ -1,0 +1,1 @@
+"""Development-only tools that are not part of the runtime package."""
