@@ -215,7 +215,8 @@ class TableSpec(_Model):
     columns: tuple[ColumnSpec, ...]
     exclude: tuple[str, ...] = ()
     mask: Mapping[str, MaskMode] = Field(default_factory=dict)
-    slices: int | None = Field(None, ge=1, le=MAX_SLICE_COUNT)
+    # strict: YAML's `true` would otherwise be taken as 1 slice
+    slices: int | None = Field(None, ge=1, le=MAX_SLICE_COUNT, strict=True)
     tolerances: Tolerances | None = None
     expectations: tuple[Expectation, ...] = ()
     lag_slo: LagSlo | None = None
@@ -462,7 +463,7 @@ class ConnectorSettings(_Model):
 
 
 class Defaults(_Model):
-    slices: int = Field(DEFAULT_SLICE_COUNT, ge=1, le=MAX_SLICE_COUNT)
+    slices: int = Field(DEFAULT_SLICE_COUNT, ge=1, le=MAX_SLICE_COUNT, strict=True)
     tolerances: Tolerances = Tolerances()
     lag_slo: LagSlo = LagSlo()
     version_column: str = DEFAULT_VERSION_COLUMN

@@ -34,4 +34,7 @@ class ConnectError(ServiceError):
 
 
 class ReconcileError(CdcPipelinesError):
-    """A reconciliation could not complete."""
+    """A reconciliation could not complete: a value it cannot read or write, a target table
+    that does not match the declaration. Not drift: exit 1 is kept for discrepancies."""
+
+    exit_code = 3

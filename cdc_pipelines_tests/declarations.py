@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
-from cdc_pipelines.config import PipelineConfig, parse_config
+from cdc_pipelines.config import (
+    DEFAULT_VERSION_COLUMN,
+    Defaults,
+    PipelineConfig,
+    TableSpec,
+    Tolerances,
+    parse_config,
+)
+from cdc_pipelines.replicated_table import ReplicatedTable, resolve_spec
 
 ALL_TYPES_COLUMNS = """\
       id: int
@@ -67,3 +76,18 @@ tables:
     columns:
 {ALL_TYPES_COLUMNS}{extra_table}"""
     return text
+
+
+def replicated(
+    spec: TableSpec,
+    *,
+    version_column: str = DEFAULT_VERSION_COLUMN,
+    user_types: Mapping[str, Mapping[str, str]] | None = None,
+    tolerances: Tolerances | None = None,
+    slices: int | None = None,
+) -> ReplicatedTable:
+    """``spec`` resolved as the only table of a declaration with these defaults."""
+    defaults = Defaults(version_column=version_column, tolerances=tolerances or Tolerances())
+    config = PipelineConfig(defaults=defaults, user_types=user_types or {}, tables=(spec,))
+    table = resolve_spec(config, spec)
+    return table if slices is None else table.with_slices(slices)

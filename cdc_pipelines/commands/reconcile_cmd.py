@@ -19,8 +19,11 @@ from cdc_pipelines.commands.common import (
     settings,
 )
 from cdc_pipelines.postgres.audit import AuditDetail
-from cdc_pipelines.reconcile.engine import DEFAULT_SCRATCH_DIR, ReconcileOptions, run_reconciliation
 from cdc_pipelines.reconcile.progress import SliceProgress
+from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR
+from cdc_pipelines.reconcile.table_run import DEFAULT_WORKERS, ReconcileOptions, run_reconciliation
+from cdc_pipelines.reconcile.verify_step import DEFAULT_SETTLE_SECONDS
+from cdc_pipelines.replicated_table import resolve
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,9 +47,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--workers",
         type=int,
-        default=2,
+        default=DEFAULT_WORKERS,
         help="slices read in parallel processes, and connections applying repair batches "
-        "(default 2)",
+        f"(default {DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--audit",
@@ -58,20 +61,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--settle-seconds",
         type=float,
-        default=5.0,
+        default=DEFAULT_SETTLE_SECONDS,
         help="wait this long before re-reading when Kafka cannot tell whether the sink caught up",
     )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = declaration(args)
-    table = config.table(args.table)
+    table = resolve(declaration(args), args.table)
     if args.slices is not None:
-        table = table.model_copy(update={"slices": args.slices})
-        config = config.model_copy(
-            update={"tables": tuple(table if t.source == args.table else t for t in config.tables)}
-        )
+        table = table.with_slices(args.slices)
     options = ReconcileOptions(
         scratch=Path(args.scratch),
         repair=bool(args.repair),
@@ -79,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         settle_seconds=args.settle_seconds,
         audit_detail=AuditDetail(args.audit),
     )
-    progress = SliceProgress(config.slices_for(table), stream=sys.stderr)
-    report = run_reconciliation(config, table, settings(), options, progress=progress)
+    progress = SliceProgress(table.slices, stream=sys.stderr)
+    report = run_reconciliation(table, settings(), options, progress=progress)
     progress.close()
     document = report.to_json()
     if args.report:

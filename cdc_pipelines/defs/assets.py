@@ -9,7 +9,6 @@ from datetime import timedelta
 
 import dagster as dg
 
-from cdc_pipelines.config import PipelineConfig
 from cdc_pipelines.defs.names import SOURCE_SCAN_POOL, TableNames
 from cdc_pipelines.defs.reconciliation import (
     build_target_index,
@@ -20,6 +19,7 @@ from cdc_pipelines.defs.reconciliation import (
     slice_metadata,
 )
 from cdc_pipelines.defs.resources import (
+    KafkaResource,
     PostgresResource,
     PushgatewayResource,
     ScratchStorageResource,
@@ -30,6 +30,7 @@ from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.observability.metrics import Gauge
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.reconcile.scratch import ScratchLayout
 
 RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
 """The nightly reconciliation runs every 24 h; two hours of grace before it counts as late."""
@@ -84,10 +85,10 @@ def topic_spec(names: TableNames) -> dg.AssetSpec:
     )
 
 
-def target_spec(names: TableNames, config: PipelineConfig) -> dg.AssetSpec:
+def target_spec(names: TableNames) -> dg.AssetSpec:
     spec = names.spec
     columns = [dg.TableColumn(c.name, column_pg_type(spec, c).sql) for c in spec.replicated_columns]
-    columns.append(dg.TableColumn(config.defaults.version_column, "bigint"))
+    columns.append(dg.TableColumn(names.table.version_column, "bigint"))
     return dg.AssetSpec(
         key=names.postgres_key,
         deps=[names.kafka_key],
@@ -112,7 +113,7 @@ def slices_partitions(names: TableNames) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(names.slices))
 
 
-def target_index_asset(names: TableNames, config: PipelineConfig) -> dg.AssetsDefinition:
+def target_index_asset(names: TableNames) -> dg.AssetsDefinition:
     @dg.asset(
         key=names.target_index_key,
         deps=[names.postgres_key],
@@ -129,20 +130,23 @@ def target_index_asset(names: TableNames, config: PipelineConfig) -> dg.AssetsDe
         context: dg.AssetExecutionContext,
         scylla: ScyllaResource,
         postgres: PostgresResource,
+        kafka: KafkaResource,
         scratch: ScratchStorageResource,
     ) -> dg.MaterializeResult:
-        summary = build_target_index(
-            config, names.spec, connection_settings(scylla, postgres), scratch.root()
+        root = scratch.root()
+        manifest = build_target_index(
+            names.table, connection_settings(scylla, postgres, kafka), root
         )
         context.log.info(
-            f"indexed {summary.rows} rows of {names.spec.target} in {summary.duration_s}s"
+            f"indexed {manifest.rows} rows of {names.spec.target} in {manifest.duration_s}s"
         )
-        return dg.MaterializeResult(metadata=index_metadata(summary))
+        directory = ScratchLayout(root, names.source).index_dir
+        return dg.MaterializeResult(metadata=index_metadata(manifest, directory))
 
     return target_index
 
 
-def reconciliation_asset(names: TableNames, config: PipelineConfig) -> dg.AssetsDefinition:
+def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
     @dg.asset(
         key=names.reconciliation_key,
         deps=[names.target_index_key, names.scylla_key],
@@ -165,19 +169,20 @@ def reconciliation_asset(names: TableNames, config: PipelineConfig) -> dg.Assets
         context: dg.AssetExecutionContext,
         scylla: ScyllaResource,
         postgres: PostgresResource,
+        kafka: KafkaResource,
         scratch: ScratchStorageResource,
         pushgateway: PushgatewayResource,
     ) -> dg.MaterializeResult:
-        summary = reconcile_slice(
-            config,
-            names.spec,
+        verdict = reconcile_slice(
+            names.table,
             context.partition_key,
-            connection_settings(scylla, postgres),
+            connection_settings(scylla, postgres, kafka),
             scratch.root(),
         )
+        summary, tally = verdict.outcome, verdict.tally
         context.log.info(
             f"slice {summary.slice_id}: {summary.source_rows} source rows, "
-            f"{summary.discrepancies} discrepancies in {summary.duration_s}s"
+            f"{tally.confirmed} discrepancies in {summary.duration_s}s"
         )
         labels = {"table": names.source, "slice": summary.slice_id}
         try:
@@ -186,7 +191,7 @@ def reconciliation_asset(names: TableNames, config: PipelineConfig) -> dg.Assets
                 [
                     Gauge(
                         "cdc_reconciliation_discrepancies",
-                        summary.discrepancies,
+                        tally.confirmed,
                         "Discrepancies found in the slice",
                         labels,
                     ),
@@ -214,16 +219,16 @@ def reconciliation_asset(names: TableNames, config: PipelineConfig) -> dg.Assets
                 metadata={
                     "observed_by": RECONCILIATION_OBSERVER,
                     "reconciled_slice": summary.slice_id,
-                    "discrepancies": summary.discrepancies,
-                    "missing": summary.missing,
-                    "extra": summary.extra,
-                    "mismatched": summary.mismatched,
+                    "discrepancies": tally.confirmed,
+                    "missing": tally.missing,
+                    "extra": tally.extra,
+                    "mismatched": tally.mismatched,
                     "source_rows": summary.source_rows,
                     "target_rows": summary.target_rows,
                 },
             )
         )
-        return dg.MaterializeResult(metadata=slice_metadata(summary))
+        return dg.MaterializeResult(metadata=slice_metadata(verdict))
 
     return reconciliation
 
@@ -244,7 +249,7 @@ class RepairConfig(dg.Config):
             ) from None
 
 
-def repair_asset(names: TableNames, declaration: PipelineConfig) -> dg.AssetsDefinition:
+def repair_asset(names: TableNames) -> dg.AssetsDefinition:
     @dg.asset(
         key=names.repair_key,
         deps=[names.reconciliation_key, names.scylla_key],
@@ -264,30 +269,29 @@ def repair_asset(names: TableNames, declaration: PipelineConfig) -> dg.AssetsDef
         config: RepairConfig,
         scylla: ScyllaResource,
         postgres: PostgresResource,
+        kafka: KafkaResource,
         scratch: ScratchStorageResource,
     ) -> dg.MaterializeResult:
-        summary = repair_slice(
-            declaration,
-            names.spec,
+        audit_detail = config.audit_detail()
+        repair = repair_slice(
+            names.table,
             context.partition_key,
-            connection_settings(scylla, postgres),
+            connection_settings(scylla, postgres, kafka),
             scratch.root(),
             apply=config.apply,
-            audit_detail=config.audit_detail(),
+            audit_detail=audit_detail,
         )
-        return dg.MaterializeResult(metadata=repair_metadata(summary))
+        return dg.MaterializeResult(metadata=repair_metadata(repair, audit_detail))
 
     return repair
 
 
-def table_assets(
-    names: TableNames, config: PipelineConfig
-) -> list[dg.AssetSpec | dg.AssetsDefinition]:
+def table_assets(names: TableNames) -> list[dg.AssetSpec | dg.AssetsDefinition]:
     return [
         source_spec(names),
         topic_spec(names),
-        target_spec(names, config),
-        target_index_asset(names, config),
-        reconciliation_asset(names, config),
-        repair_asset(names, config),
+        target_spec(names),
+        target_index_asset(names),
+        reconciliation_asset(names),
+        repair_asset(names),
     ]

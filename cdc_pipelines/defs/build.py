@@ -26,11 +26,11 @@ def build_definitions(
     replication = []
     quality = []
     for names in tables:
-        all_assets.extend(assets.table_assets(names, config))
-        replication.append(replication_checks.replication_checks(names, config))
+        all_assets.extend(assets.table_assets(names))
+        replication.append(replication_checks.replication_checks(names))
         for check in (
             quality_checks.target_quality_checks(names),
-            quality_checks.source_quality_checks(names, config),
+            quality_checks.source_quality_checks(names),
         ):
             if check is not None:
                 quality.append(check)
@@ -52,7 +52,7 @@ def build_definitions(
         schedules.append(jobs.daily_quality_schedule(quality_job))
     escalation = jobs.escalation_job()
     all_jobs.append(escalation)
-    lag_slos = {n.source: config.lag_slo_for(n.spec) for n in tables}
+    lag_slos = {n.source: n.table.lag_slo for n in tables}
     all_sensors = [
         sensors.make_consumer_lag_sensor(tables, lag_slos, reconcile_jobs),
         sensors.make_connector_health_sensor(tables, config.connectors.source_name, escalation),

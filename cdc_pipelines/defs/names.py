@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeAlias
 import dagster as dg
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
+from cdc_pipelines.replicated_table import ReplicatedTable, resolve_all
 from cdc_pipelines.ring.slices import slice_ids
 
 if TYPE_CHECKING:
@@ -69,21 +70,27 @@ def key_part(name: str) -> str:
 class TableNames:
     """The Dagster side of one replicated table."""
 
-    spec: TableSpec
-    topic: str
-    sink: str
-    dlq_topic: str
-    slice_count: int
+    table: ReplicatedTable
 
-    @classmethod
-    def of(cls, config: PipelineConfig, table: TableSpec) -> TableNames:
-        return cls(
-            spec=table,
-            topic=config.topic_for(table),
-            sink=config.sink_name_for(table),
-            dlq_topic=config.dlq_topic_for(table),
-            slice_count=config.slices_for(table),
-        )
+    @property
+    def spec(self) -> TableSpec:
+        return self.table.spec
+
+    @property
+    def topic(self) -> str:
+        return self.table.topic
+
+    @property
+    def sink(self) -> str:
+        return self.table.sink_name
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.table.dlq_topic
+
+    @property
+    def slice_count(self) -> int:
+        return self.table.slices
 
     @property
     def source(self) -> str:
@@ -157,4 +164,4 @@ class TableNames:
 
 
 def table_names(config: PipelineConfig) -> tuple[TableNames, ...]:
-    return tuple(TableNames.of(config, table) for table in config.tables)
+    return tuple(TableNames(table) for table in resolve_all(config))

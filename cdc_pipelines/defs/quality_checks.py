@@ -9,7 +9,6 @@ from typing import Any
 
 import dagster as dg
 
-from cdc_pipelines.config import PipelineConfig
 from cdc_pipelines.defs.names import TableNames
 from cdc_pipelines.defs.resources import PostgresResource, ScyllaResource
 from cdc_pipelines.errors import CdcPipelinesError
@@ -19,6 +18,7 @@ from cdc_pipelines.quality.expectations import (
     columns_needed,
     declared_expectations,
 )
+from cdc_pipelines.quality.sample import sample_source_rows
 from cdc_pipelines.quality.validate import (
     ExpectationOutcome,
     validate_postgres_table,
@@ -95,9 +95,7 @@ def target_quality_checks(names: TableNames) -> dg.AssetChecksDefinition | None:
     return _checks
 
 
-def source_quality_checks(
-    names: TableNames, config: PipelineConfig
-) -> dg.AssetChecksDefinition | None:
+def source_quality_checks(names: TableNames) -> dg.AssetChecksDefinition | None:
     """The table's source-side expectations on a LIMITed sample; failing blocks repair."""
     declared = declared_expectations(names.spec, "source")
     if not declared:
@@ -114,10 +112,8 @@ def source_quality_checks(
     def _checks(
         context: dg.AssetCheckExecutionContext, scylla: ScyllaResource
     ) -> Iterator[dg.AssetCheckResult]:
-        from cdc_pipelines.quality.sample import sample_source_rows
-
         try:
-            with scylla.session(config.scylla) as session:
+            with scylla.session(names.table.scylla) as session:
                 frame = sample_source_rows(session, names.spec, columns_needed(declared))
                 counts = (
                     source_row_count(session, names.spec)

@@ -12,7 +12,6 @@ from typing import Any
 
 import dagster as dg
 
-from cdc_pipelines.config import PipelineConfig
 from cdc_pipelines.defs.names import TableNames
 from cdc_pipelines.defs.resources import PostgresResource, ScyllaResource
 from cdc_pipelines.errors import CdcPipelinesError
@@ -74,8 +73,8 @@ def _value(entry: dg.MetadataValue | None, default: Any) -> Any:
     return default if entry is None or entry.value is None else entry.value
 
 
-def replication_check_specs(names: TableNames, config: PipelineConfig) -> list[dg.AssetCheckSpec]:
-    slo = config.lag_slo_for(names.spec)
+def replication_check_specs(names: TableNames) -> list[dg.AssetCheckSpec]:
+    slo = names.table.lag_slo
     key = names.postgres_key
     return [
         dg.AssetCheckSpec(
@@ -114,13 +113,13 @@ def replication_check_specs(names: TableNames, config: PipelineConfig) -> list[d
     ]
 
 
-def replication_checks(names: TableNames, config: PipelineConfig) -> dg.AssetChecksDefinition:
+def replication_checks(names: TableNames) -> dg.AssetChecksDefinition:
     """Lag SLO, freshness, row-count parity and discrepancy rate of one table's PostgreSQL copy."""
-    slo = config.lag_slo_for(names.spec)
+    slo = names.table.lag_slo
     key = names.postgres_key
 
     @dg.multi_asset_check(
-        specs=replication_check_specs(names, config),
+        specs=replication_check_specs(names),
         name=f"replication_checks__{names.ident}",
         can_subset=True,
     )
@@ -137,7 +136,7 @@ def replication_checks(names: TableNames, config: PipelineConfig) -> dg.AssetChe
         if CHECK_PARITY in selected:
             in_flight = observation.lag_messages if observation else 0
             try:
-                with scylla.session(config.scylla) as session:
+                with scylla.session(names.table.scylla) as session:
                     source = source_row_count(session, names.spec)
                 with postgres.connection() as conn:
                     target = target_row_count(

@@ -24,6 +24,8 @@ from cdc_pipelines.errors import ConfigError
 from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag_sampler import LagSampler
 from cdc_pipelines.observability.metrics import Gauge, push
+from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR
+from cdc_pipelines.scylla.session import cql_session
 from cdc_pipelines.settings import (
     DEFAULT_CONNECT_URL,
     DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
@@ -41,7 +43,6 @@ KAFKA_TIMEOUT_S = 10.0
 CONNECT_REST_TIMEOUT_S = 10.0
 CONNECT_REST_RETRIES = 2
 SCRATCH_ENV = "CDC_SCRATCH_URI"
-DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
 LOCAL_SCHEMES = ("", "file")
 
 
@@ -70,8 +71,6 @@ class ScyllaResource(dg.ConfigurableResource):
     @contextmanager
     def session(self, connection: ScyllaConnection | None = None) -> Iterator[Any]:
         """A CQL session (tuple rows, declared consistency), shut down on exit."""
-        from cdc_pipelines.scylla.session import cql_session
-
         settings = ConnectionSettings(
             scylla_contact_points=self.contact_point_list(), scylla_port=self.port
         )
@@ -175,22 +174,15 @@ class PushgatewayResource(dg.ConfigurableResource):
 
 
 def connection_settings(
-    scylla: ScyllaResource,
-    postgres: PostgresResource,
-    kafka: KafkaResource | None = None,
-    connect: KafkaConnectResource | None = None,
-    pushgateway: PushgatewayResource | None = None,
+    scylla: ScyllaResource, postgres: PostgresResource, kafka: KafkaResource
 ) -> ConnectionSettings:
-    """The library's settings object assembled from the resources a run was given."""
+    """Where the reconciliation steps find the source, the target and the topic's offsets,
+    taken from the resources a run was given (never from the library's defaults)."""
     return ConnectionSettings(
         scylla_contact_points=scylla.contact_point_list(),
         scylla_port=scylla.port,
         postgres_dsn=postgres.dsn,
-        kafka_bootstrap_servers=kafka.bootstrap_servers
-        if kafka
-        else DEFAULT_KAFKA_BOOTSTRAP_SERVERS,
-        connect_url=connect.url if connect else DEFAULT_CONNECT_URL,
-        pushgateway_url=pushgateway.url if pushgateway else DEFAULT_PUSHGATEWAY_URL,
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
     )
 
 

@@ -20,6 +20,7 @@ from psycopg import sql
 from cdc_pipelines.config import PipelineConfig, TableSpec, load_config
 from cdc_pipelines.connect.client import ConnectClient
 from cdc_pipelines.connect.configs import sink_connector_configs
+from cdc_pipelines.demo.dagster_runs import reconcile_demo
 from cdc_pipelines.demo.data import demo_rows
 from cdc_pipelines.devstack import stack
 from cdc_pipelines.devstack.layout import StackLayout
@@ -83,8 +84,6 @@ def run_demo(report: Reporter) -> int:
         inject_drift(config, settings, sources[config.tables[0].source], report)
 
     report("== 5. reconciliation")
-    from cdc_pipelines.demo.dagster_runs import reconcile_demo
-
     outcome = reconcile_demo(config, settings, report)
     report("== 6. the Dagster UI")
     report(

@@ -7,7 +7,7 @@ re-read row compares with a source row exactly as the diff compared them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.postgres.literals import register_copy_dumpers
 from cdc_pipelines.postgres.repair import ExtraRow, plan_repair
 from cdc_pipelines.postgres.target_index import numeric_text_columns, select_expression
+from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.rows.canonical import (
     POSTGRES_SESSION_SETTINGS,
     CanonicalSchema,
@@ -61,11 +62,8 @@ def _position_column(table: TableSpec) -> str:
 
 def read_target_rows(
     conn: psycopg.Connection[Any],
-    table: TableSpec,
+    replicated: ReplicatedTable,
     keys: Sequence[Key],
-    *,
-    version_column: str,
-    user_types: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[TargetRow | None]:
     """Re-read ``keys`` from the target in one statement; one entry per key (None: absent).
 
@@ -74,13 +72,12 @@ def read_target_rows(
     """
     if not keys:
         return []
+    table = replicated.spec
     first: dict[object, int] = {}
     distinct = [first.setdefault(key_identity(k), i) == i for i, k in enumerate(keys)]
     unique_keys = [k for k, keep in zip(keys, distinct, strict=True) if keep]
-    checked = plan_repair(
-        table, version_column, [], [ExtraRow(k, None) for k in unique_keys], user_types=user_types
-    )
-    schema = CanonicalSchema.from_table(table, version_column=version_column, user_types=user_types)
+    checked = plan_repair(replicated, [], [ExtraRow(k, None) for k in unique_keys])
+    schema = replicated.canonical
     position = _position_column(table)
     key_names = sql.SQL(", ").join(sql.Identifier(n) for n in table.primary_key)
     target = sql.Identifier(table.target_schema, table.target_table)

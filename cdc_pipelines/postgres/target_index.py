@@ -24,6 +24,7 @@ from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.arrow_read import read_target_batches
 from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_id, slice_indices
 from cdc_pipelines.ring.tokens import partition_tokens
 from cdc_pipelines.rows.canonical import (
@@ -111,9 +112,7 @@ def select_expression(
 
 def build_target_index(
     dsn: str,
-    table: TableSpec,
-    schema: CanonicalSchema,
-    slice_count: int,
+    replicated: ReplicatedTable,
     directory: Path,
     on_rows: Callable[[int], None] | None = None,
 ) -> TargetIndexManifest:
@@ -122,6 +121,7 @@ def build_target_index(
     The table is read typed over binary COPY (``arrow_read``), one batch ahead of the
     canonicalizing, hashing and writing of the current one.
     """
+    table, schema, slice_count = replicated.spec, replicated.canonical, replicated.slices
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("slice=*.arrow"):
         old.unlink()

@@ -12,18 +12,18 @@ takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import pyarrow as pa
 
-from cdc_pipelines.config import TableSpec, Tolerances
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.kafka.offsets import CatchUp
 from cdc_pipelines.postgres.key_reads import TargetRow
 from cdc_pipelines.postgres.repair import ExtraRow
-from cdc_pipelines.rows.canonical import CanonicalSchema, from_python_rows
+from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.rows.canonical import from_python_rows
 from cdc_pipelines.rows.compare import differing_columns
 from cdc_pipelines.rows.keys import Key, key_identity
 from cdc_pipelines.rows.layout import upsert_layout
@@ -119,35 +119,29 @@ def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 
 def _differs(
-    pairs: Sequence[tuple[SourceRow, TargetRow]],
-    table: TableSpec,
-    schema: CanonicalSchema,
-    tolerances: Tolerances,
-    version_column: str,
+    pairs: Sequence[tuple[SourceRow, TargetRow]], replicated: ReplicatedTable
 ) -> list[bool]:
     """Whether each (source, target) pair differs in a compared column beyond tolerance."""
     if not pairs:
         return []
-    layout = upsert_layout(table, version_column)
+    schema = replicated.canonical
+    layout = upsert_layout(replicated.spec, replicated.version_column)
     picks = [layout.index(name) for name in schema.column_names]
     source = pa.Table.from_batches(
         [from_python_rows([tuple(s.values[i] for i in picks) for s, _ in pairs], schema)]
     )
     target = pa.concat_tables([t.canonical for _, t in pairs])
-    mask = differing_columns(source, target, schema.compared_columns, tolerances)
+    mask = differing_columns(source, target, schema.compared_columns, replicated.tolerances)
     return [bool(row.any()) for row in mask]
 
 
 def verify_discrepancies(
-    table: TableSpec,
+    replicated: ReplicatedTable,
     candidates: Iterable[Candidate],
     *,
     cutoff_us: int,
     read_source: SourceReader,
     read_target: TargetReader,
-    version_column: str,
-    tolerances: Tolerances | None = None,
-    user_types: Mapping[str, Mapping[str, str]] | None = None,
     catch_up: CatchUp | None = None,
 ) -> VerificationResult:
     """Reclassify the diff's candidates from a fresh read of both sides.
@@ -156,25 +150,19 @@ def verify_discrepancies(
     target version is later was written after the scan and is in flight, not a discrepancy.
     ``read_source``/``read_target`` re-read a list of keys (see
     :func:`cdc_pipelines.scylla.key_reads.read_source_rows` and
-    :func:`read_target_rows`; bind them with ``functools.partial``). Pass the ``catch_up``
-    result to keep it with the verdicts.
+    :func:`cdc_pipelines.postgres.key_reads.read_target_rows`; bind them with
+    ``functools.partial``). Pass the ``catch_up`` result to keep it with the verdicts.
     """
-    schema = CanonicalSchema.from_table(
-        table, version_column=version_column, tolerances=tolerances, user_types=user_types
-    )
     verdicts = _Verdicts()
     unique = _unique(candidates)
     for start in range(0, len(unique), VERIFY_CHUNK):
         _verify_chunk(
-            table,
+            replicated,
             [c.key for c in unique[start : start + VERIFY_CHUNK]],
             verdicts,
             cutoff_us=cutoff_us,
             read_source=read_source,
             read_target=read_target,
-            schema=schema,
-            tolerances=tolerances or Tolerances(),
-            version_column=version_column,
         )
     return VerificationResult(
         tuple(verdicts.confirmed), tuple(verdicts.resolved), tuple(verdicts.in_flight), catch_up
@@ -189,23 +177,20 @@ class _Verdicts:
 
 
 def _verify_chunk(
-    table: TableSpec,
+    replicated: ReplicatedTable,
     keys: list[Key],
     verdicts: _Verdicts,
     *,
     cutoff_us: int,
     read_source: SourceReader,
     read_target: TargetReader,
-    schema: CanonicalSchema,
-    tolerances: Tolerances,
-    version_column: str,
 ) -> None:
     """Re-read one chunk of keys on both sides; memory stays bounded by the chunk."""
     sources = list(read_source(keys))
     targets = list(read_target(keys))
     if len(sources) != len(keys) or len(targets) != len(keys):
         raise ReconcileError(
-            f"table {table.source}: a reader returned {len(sources)}/{len(targets)} rows for "
+            f"table {replicated.source}: a reader returned {len(sources)}/{len(targets)} rows for "
             f"{len(keys)} keys; readers must return one entry (or None) per key"
         )
     both = [
@@ -218,10 +203,7 @@ def _verify_chunk(
             both,
             _differs(
                 [(sources[i], targets[i]) for i in both],  # type: ignore[misc]
-                table,
-                schema,
-                tolerances,
-                version_column,
+                replicated,
             ),
             strict=True,
         )

@@ -462,6 +462,23 @@ def time_nanos(value: object) -> int:
 
 
 _DURATION_TEXT = re.compile(r"^(-?\d+)mo(-?\d+)d(-?\d+)ns$")
+# CQL's duration literal (what the connector sends, so what a text target holds): an
+# optional sign, then number-unit pairs, zero parts left out (``9mo460187176014ns``).
+_CQL_DURATION = re.compile(r"^(-?)((?:\d+(?:mo|ms|us|µs|ns|y|w|d|h|m|s))+)$")
+_CQL_DURATION_PART = re.compile(r"(\d+)(mo|ms|us|µs|ns|y|w|d|h|m|s)")
+_CQL_DURATION_UNITS: dict[str, tuple[int, int, int]] = {  # (months, days, nanos) per unit
+    "y": (MONTHS_PER_YEAR, 0, 0),
+    "mo": (1, 0, 0),
+    "w": (0, DAYS_PER_WEEK, 0),
+    "d": (0, 1, 0),
+    "h": (0, 0, 3600 * NANOS_PER_SECOND),
+    "m": (0, 0, 60 * NANOS_PER_SECOND),
+    "s": (0, 0, NANOS_PER_SECOND),
+    "ms": (0, 0, NANOS_PER_SECOND // 1000),
+    "us": (0, 0, NANOS_PER_MICRO),
+    "µs": (0, 0, NANOS_PER_MICRO),
+    "ns": (0, 0, 1),
+}
 _ISO_INTERVAL = re.compile(
     r"^P(?:(-?\d+)Y)?(?:(-?\d+)M)?(?:(-?\d+)W)?(?:(-?\d+)D)?"
     r"(?:T(?:(-?\d+)H)?(?:(-?\d+)M)?(?:(-?\d+(?:\.\d+)?)S)?)?$"
@@ -475,6 +492,11 @@ def duration_parts(value: object) -> tuple[int, int, int]:
         return months, int(getattr(value, "days", 0)), int(getattr(value, "nanoseconds", 0))
     if isinstance(value, str):
         text = value.strip()
+        # A CQL literal's sign covers every part (Cassandra durations never mix signs), so
+        # "-1mo1d1ns" is read as a literal before the canonical form ("-1mo-1d-1ns").
+        literal = _CQL_DURATION.match(text)
+        if literal:
+            return _cql_duration_parts(literal[1] == "-", literal[2])
         canonical = _DURATION_TEXT.match(text)
         if canonical:
             return int(canonical[1]), int(canonical[2]), int(canonical[3])
@@ -489,7 +511,21 @@ def duration_parts(value: object) -> tuple[int, int, int]:
                 int(weeks) * DAYS_PER_WEEK + int(days),
                 nanos,
             )
-    raise TypeError(f"{value!r} is not a duration (Duration, ISO 8601 'P…' or '<m>mo<d>d<n>ns')")
+    raise TypeError(
+        f"{value!r} is not a duration (Duration, ISO 8601 'P…', a CQL literal such as "
+        "'1mo2d3ns', or '<m>mo<d>d<n>ns')"
+    )
+
+
+def _cql_duration_parts(negative: bool, pairs: str) -> tuple[int, int, int]:
+    months = days = nanos = 0
+    for number, unit in _CQL_DURATION_PART.findall(pairs):
+        per_months, per_days, per_nanos = _CQL_DURATION_UNITS[unit]
+        months += int(number) * per_months
+        days += int(number) * per_days
+        nanos += int(number) * per_nanos
+    sign = -1 if negative else 1
+    return sign * months, sign * days, sign * nanos
 
 
 def duration_text(months: int, days: int, nanos: int, precision: str | None = None) -> str:

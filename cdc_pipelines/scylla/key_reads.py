@@ -25,6 +25,7 @@ from cassandra.util import Date
 from cdc_pipelines.config import ColumnSpec, TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError, ServiceError
+from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.rows.layout import written_columns
 from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
 from cdc_pipelines.scylla.session import quote_cql
@@ -238,7 +239,7 @@ def _execute(session: Session, cql: str, arguments: list[tuple[Any, ...]], concu
 
 def read_source_rows(
     session: Session,
-    table: TableSpec,
+    replicated: ReplicatedTable,
     keys: Sequence[Key],
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
@@ -249,6 +250,7 @@ def read_source_rows(
     (``NO_VERSION`` when none is set; multi-cell collections and counters have no cell write
     time).
     """
+    table = replicated.spec
     for key in keys:
         if len(key) != len(table.primary_key) or any(v is None for v in key):
             raise ReconcileError(

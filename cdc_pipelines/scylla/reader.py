@@ -17,13 +17,12 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ServiceError
+from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import TokenRange, TokenSlice, cql_token_bounds
 from cdc_pipelines.rows.canonical import CanonicalSchema, from_python_rows
 from cdc_pipelines.scylla.session import quote_cql
 
 DEFAULT_SUBRANGES_PER_SLICE = 16
-DEFAULT_CONCURRENCY = 8
-DEFAULT_FETCH_SIZE = 5000
 ROWS_PER_BATCH = 50_000
 NO_VERSION = 0
 
@@ -68,15 +67,17 @@ class SourceQuery:
 
 def read_ranges(
     session: Session,
-    table: TableSpec,
-    schema: CanonicalSchema,
+    replicated: ReplicatedTable,
     ranges: Sequence[TokenRange],
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    fetch_size: int = DEFAULT_FETCH_SIZE,
     on_rows: Callable[[int], None] | None = None,
 ) -> pa.Table:
-    """Read the token ranges and return one canonical table (rows in no particular order)."""
+    """Read the token ranges and return one canonical table (rows in no particular order).
+
+    Ranges are read ``replicated.scylla.concurrency`` at a time, ``fetch_size`` rows a page.
+    """
+    table, schema = replicated.spec, replicated.canonical
+    concurrency, fetch_size = replicated.scylla.concurrency, replicated.scylla.fetch_size
     query = SourceQuery.for_table(table, schema)
     try:
         statement = session.prepare(query.cql)
@@ -127,22 +128,11 @@ def _rows_of(results: Iterable[object], table: TableSpec) -> Iterable[Sequence[o
 
 def read_slice(
     session: Session,
-    table: TableSpec,
-    schema: CanonicalSchema,
+    replicated: ReplicatedTable,
     token_slice: TokenSlice,
     *,
     subranges: int = DEFAULT_SUBRANGES_PER_SLICE,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    fetch_size: int = DEFAULT_FETCH_SIZE,
     on_rows: Callable[[int], None] | None = None,
 ) -> pa.Table:
-    """One slice, split into ``subranges`` ranges read ``concurrency`` at a time."""
-    return read_ranges(
-        session,
-        table,
-        schema,
-        token_slice.sub_ranges(subranges),
-        concurrency=concurrency,
-        fetch_size=fetch_size,
-        on_rows=on_rows,
-    )
+    """One slice, split into ``subranges`` token ranges."""
+    return read_ranges(session, replicated, token_slice.sub_ranges(subranges), on_rows=on_rows)

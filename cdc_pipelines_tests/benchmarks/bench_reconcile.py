@@ -35,9 +35,11 @@ from cdc_pipelines.config import PipelineConfig, parse_config
 from cdc_pipelines.devstack import stack
 from cdc_pipelines.devstack.layout import StackLayout
 from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
-from cdc_pipelines.reconcile.engine import (
-    build_index,
-)
+from cdc_pipelines.reconcile.diff_step import read_source_slice
+from cdc_pipelines.reconcile.index_step import build_index
+from cdc_pipelines.reconcile.scratch import ScratchLayout
+from cdc_pipelines.replicated_table import ReplicatedTable, resolve_spec
+from cdc_pipelines.ring.slices import slice_ids
 from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -183,27 +185,24 @@ def typed_read(config: PipelineConfig, settings: ConnectionSettings) -> int:
     """The target read alone: every batch of the typed read, consumed and dropped."""
     from cdc_pipelines.postgres.arrow_read import read_target_batches
     from cdc_pipelines.postgres.target_index import select_expression
-    from cdc_pipelines.reconcile.engine import canonical_schema
 
-    table = config.tables[0]
-    schema = canonical_schema(config, table)
-    with read_target_batches(settings.postgres_dsn, table, schema, select_expression) as batches:
+    table = resolve_spec(config, config.tables[0])
+    with read_target_batches(
+        settings.postgres_dsn, table.spec, table.canonical, select_expression
+    ) as batches:
         return sum(batch.num_rows for batch in batches)
 
 
-def source_scan(config: PipelineConfig, settings: ConnectionSettings) -> int:
-    from cdc_pipelines.reconcile.engine import _scan_slice_rows
-    from cdc_pipelines.ring.slices import slice_ids
+def _scan_slice_rows(table: ReplicatedTable, slice_id: str, settings: ConnectionSettings) -> int:
+    """Rows of one slice as read by the source reader (the scan alone)."""
+    return read_source_slice(table, slice_id, settings).num_rows
 
-    table = config.tables[0]
+
+def source_scan(config: PipelineConfig, settings: ConnectionSettings) -> int:
+    table = resolve_spec(config, config.tables[0])
+    ids = slice_ids(table.slices)
     with ProcessPoolExecutor(2) as pool:
-        counts = pool.map(
-            _scan_slice_rows,
-            [config.model_dump_json()] * config.slices_for(table),
-            [table.source] * config.slices_for(table),
-            slice_ids(config.slices_for(table)),
-            [settings] * config.slices_for(table),
-        )
+        counts = pool.map(_scan_slice_rows, [table] * len(ids), ids, [settings] * len(ids))
         return sum(counts)
 
 
@@ -250,11 +249,13 @@ def whole_run_in_child(
     code = (
         "import json, sys, time\n"
         "from cdc_pipelines.config import PipelineConfig\n"
-        "from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation\n"
+        "from cdc_pipelines.reconcile.table_run import ReconcileOptions, run_reconciliation\n"
+        "from cdc_pipelines.replicated_table import resolve_spec\n"
         "from cdc_pipelines.settings import ConnectionSettings\n"
         "config = PipelineConfig.model_validate_json(sys.argv[1])\n"
         "t = time.perf_counter()\n"
-        "report = run_reconciliation(config, config.tables[0], ConnectionSettings.from_env(),\n"
+        "report = run_reconciliation(resolve_spec(config, config.tables[0]),\n"
+        "    ConnectionSettings.from_env(),\n"
         "    ReconcileOptions(scratch=__import__('pathlib').Path(sys.argv[2]), workers=2, settle_seconds=0))\n"
         "print(json.dumps({'wall': time.perf_counter() - t, 'missing': report.missing,\n"
         "    'extra': report.extra, 'mismatched': report.mismatched, 'rows': report.source_rows}))\n"
@@ -307,9 +308,9 @@ def main() -> None:
         for _ in range(READ_REPEATS):
             psql_runs.append(psql_copy(name, settings))
             read_runs.append(timed(typed_read, config, settings)[0])
-            index_runs.append(
-                timed(build_index, config, config.tables[0], settings, Path(scratch))[0]
-            )
+            table = resolve_spec(config, config.tables[0])
+            layout = ScratchLayout(Path(scratch), table.source)
+            index_runs.append(timed(build_index, table, settings, layout)[0])
         psql_s, read_s, index_s = min(psql_runs), min(read_runs), min(index_runs)
         wall_s, peak_kib, outcome = whole_run_in_child(config, scratch)
     target_rows = args.rows - args.rows // DRIFT_EVERY + args.rows // (DRIFT_EVERY * 2)

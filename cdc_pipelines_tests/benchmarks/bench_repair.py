@@ -36,6 +36,7 @@ from cdc_pipelines.postgres.repair import (
     plan_repair,
 )
 from cdc_pipelines.settings import ENV_NAMES, ConnectionSettings
+from cdc_pipelines_tests.declarations import replicated
 
 VERSION = "_cdc_version_us"
 DEFAULT_ROWS = 200_000
@@ -219,12 +220,11 @@ def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measu
         audit = AuditTables(f"{schema}_audit")
         new = source_rows(rows, version=2)
         copy_table, loop_table = bench_table(schema, "raw_copy"), bench_table(schema, "per_row")
+        copy_replicated = replicated(copy_table)
         for table in (copy_table, loop_table):
             create(dsn, table)
         planned: list[RepairPlan] = []
-        results.append(
-            timed(PLAN, rows, lambda: planned.append(plan_repair(copy_table, VERSION, new)))
-        )
+        results.append(timed(PLAN, rows, lambda: planned.append(plan_repair(copy_replicated, new))))
         results.append(timed(RAW_COPY, rows, lambda: raw_copy(dsn, copy_table, planned[0])))
         with (
             psycopg.connect(dsn) as conn,
@@ -236,13 +236,15 @@ def run_once(dsn: str, rows: int, loop_rows: int, batch_size: int) -> list[Measu
                 create(dsn, table)
                 if scenario.target != "empty":
                     version = 1 if scenario.target == "older" else 2
-                    prior = plan_repair(table, VERSION, source_rows(rows, version), run_id="seed")
+                    prior = plan_repair(
+                        replicated(table), source_rows(rows, version), run_id="seed"
+                    )
                     apply_repair(conn, prior, batch_size=batch_size, audit=audit)
                 copies = scenario.target == "empty" and scenario.verified_absent
                 if copies:
-                    plan = plan_repair(table, VERSION, [], inserts=new, run_id=f"bench-{number}")
+                    plan = plan_repair(replicated(table), [], inserts=new, run_id=f"bench-{number}")
                 else:
-                    plan = plan_repair(table, VERSION, new, run_id=f"bench-{number}")
+                    plan = plan_repair(replicated(table), new, run_id=f"bench-{number}")
                 target: psycopg.Connection[Any] | ConnectionPool[Any] = (
                     pool if scenario.workers > 1 else conn
                 )

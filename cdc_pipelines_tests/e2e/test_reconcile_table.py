@@ -19,7 +19,8 @@ from psycopg import sql
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.audit import AuditTables
-from cdc_pipelines.reconcile.engine import ReconcileOptions, run_reconciliation
+from cdc_pipelines.reconcile.table_run import ReconcileOptions, run_reconciliation
+from cdc_pipelines.replicated_table import resolve_spec
 from cdc_pipelines.scylla.emulated_source import now_us
 from cdc_pipelines_tests.e2e.conftest import ROWS
 from cdc_pipelines_tests.e2e.test_streaming_path import row
@@ -33,7 +34,7 @@ def options(tmp_path: Path, *, repair: bool = False) -> ReconcileOptions:
 
 def test_a_faithful_replica_reconciles_clean(replicated, settings, tmp_path):
     config, table, _, _ = replicated
-    report = run_reconciliation(config, table, settings, options(tmp_path))
+    report = run_reconciliation(resolve_spec(config, table), settings, options(tmp_path))
     assert (report.source_rows, report.target_rows) == (ROWS, ROWS)
     assert (report.missing, report.extra, report.mismatched) == (0, 0, 0), report.slices
 
@@ -90,7 +91,7 @@ def test_injected_drift_is_reported_exactly(replicated, settings, tmp_path, post
                 (r["id"], r["region"], r["order"]),
             )
 
-    report = run_reconciliation(config, table, settings, options(tmp_path))
+    report = run_reconciliation(resolve_spec(config, table), settings, options(tmp_path))
     expected_mismatches = sum(1 for *_, counted in changes.values() if counted)
     assert report.source_rows == ROWS
     assert report.target_rows == ROWS - 3 + 2
@@ -121,17 +122,19 @@ def test_repair_makes_the_tables_equal_and_a_second_run_reports_zero(
         'INSERT INTO {}.all_types (id, region, "order", _cdc_version_us) '
         "VALUES (9999, 'eu-west', 1, 1)",
     )
-    dry = run_reconciliation(config, table, settings, options(tmp_path))
+    dry = run_reconciliation(resolve_spec(config, table), settings, options(tmp_path))
     assert (dry.missing, dry.extra, dry.mismatched) == (4, 1, 1)
     assert dry.remaining == 6 and dry.repaired == {"upserted": 0, "deleted": 0}
     script = Path(str(dry.dry_run_sql_path)).read_text()
     assert script.count("INSERT INTO") >= 1 and "DELETE FROM" in script and "COMMIT;" in script
 
-    repaired = run_reconciliation(config, table, settings, options(tmp_path, repair=True))
+    repaired = run_reconciliation(
+        resolve_spec(config, table), settings, options(tmp_path, repair=True)
+    )
     assert repaired.repaired == {"upserted": 5, "deleted": 1}
     assert repaired.remaining == 0
 
-    again = run_reconciliation(config, table, settings, options(tmp_path))
+    again = run_reconciliation(resolve_spec(config, table), settings, options(tmp_path))
     assert (again.missing, again.extra, again.mismatched, again.remaining) == (0, 0, 0, 0)
     assert again.target_rows == ROWS
 
@@ -198,6 +201,9 @@ def test_the_reconcile_command_reports_json_and_exits_by_outcome(
         [*base[:4], "nope.table", "--config", str(declaration)], capture_output=True, text=True
     )
     assert unknown.returncode == 2 and "nope.table" in unknown.stderr
+    for bad in ("0", "-3"):
+        refused = subprocess.run([*base, "--slices", bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and f"--slices {bad}" in refused.stderr, refused.stderr
 
 
 def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
@@ -211,7 +217,7 @@ def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
     source.upsert([row(40, c_tuple=(1, "two", float("nan")))], now_us(), silent=True)
 
     with pytest.raises(ReconcileError, match=r"key \(id=40.*column .c_tuple.: a NaN or infinite"):
-        run_reconciliation(config, table, settings, options(tmp_path, repair=True))
+        run_reconciliation(resolve_spec(config, table), settings, options(tmp_path, repair=True))
 
     with psycopg.connect(postgres_dsn) as conn:
         left = conn.execute(

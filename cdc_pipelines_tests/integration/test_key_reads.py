@@ -21,6 +21,7 @@ from cdc_pipelines.config import PipelineConfig, TableSpec, parse_config
 from cdc_pipelines.scylla import key_reads
 from cdc_pipelines.scylla.key_reads import read_source_rows
 from cdc_pipelines.scylla.schema import create_source_tables
+from cdc_pipelines_tests.declarations import replicated
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 
 T0 = 1_700_000_000_000_000
@@ -131,7 +132,7 @@ def test_batched_reads_equal_point_reads(
         for n, key in enumerate(written):
             cql_session.execute(insert, (*key, f"row {n} '✓'", T0 + n))
 
-        rows = read_source_rows(cql_session, table, asked)
+        rows = read_source_rows(cql_session, replicated(table), asked)
 
         got = [None if r is None else (r.values[-2], r.version) for r in rows]
         assert got == _reference(cql_session, table, asked)

@@ -20,6 +20,7 @@ from cdc_pipelines.quality.counts import source_row_count, target_row_count
 from cdc_pipelines.quality.expectations import declared_expectations
 from cdc_pipelines.quality.sample import sample_source_rows
 from cdc_pipelines.quality.validate import validate_postgres_table
+from cdc_pipelines.replicated_table import resolve_spec
 
 ROWS = 50
 
@@ -76,7 +77,7 @@ tables:
 
 @pytest.fixture
 def names(declaration: PipelineConfig) -> TableNames:
-    return TableNames.of(declaration, declaration.tables[0])
+    return TableNames(resolve_spec(declaration, declaration.tables[0]))
 
 
 def evaluations(

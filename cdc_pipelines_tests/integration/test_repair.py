@@ -42,8 +42,10 @@ from cdc_pipelines.postgres.repair import (
     apply_repair,
     batch_count,
     plan_repair,
+    render_script,
 )
 from cdc_pipelines.rows.layout import upsert_layout
+from cdc_pipelines_tests.declarations import replicated
 
 VERSION = "_cdc_version_us"
 LOCK_WAIT_TIMEOUT_S = 20.0
@@ -154,8 +156,8 @@ def plan_written(
 ) -> RepairPlan:
     """The rows as inserts (the re-read found their keys absent) or as upserts."""
     if verified_absent:
-        return plan_repair(table, VERSION, [], inserts=rows, run_id=run_id)
-    return plan_repair(table, VERSION, rows, run_id=run_id)
+        return plan_repair(replicated(table), [], inserts=rows, run_id=run_id)
+    return plan_repair(replicated(table), rows, run_id=run_id)
 
 
 def key_of(row: Sequence[object], table: TableSpec) -> tuple[object, ...]:
@@ -308,32 +310,32 @@ def test_plan_rejects_bad_rows_with_table_column_and_key(pg_schema: str) -> None
     naive = list(good)
     naive[layout.index("naïve_ключ")] = dt.datetime(2024, 1, 1)
     with pytest.raises(ReconcileError, match=rf"{pg_schema}\.order.*naïve_ключ.*naive"):
-        plan_repair(table, VERSION, [naive])
+        plan_repair(replicated(table), [naive])
 
     nul = list(good)
     nul[layout.index('"quoted"')] = "a\x00b"
     with pytest.raises(ReconcileError, match=r"key \(user=.*'\"quoted\"'.*NUL"):
-        plan_repair(table, VERSION, [nul])
+        plan_repair(replicated(table), [nul])
 
     missing_key = list(good)
     missing_key[layout.index("MixedCase")] = None
     with pytest.raises(ReconcileError, match="key column 'MixedCase' is NULL"):
-        plan_repair(table, VERSION, [missing_key])
+        plan_repair(replicated(table), [missing_key])
 
     with pytest.raises(ReconcileError, match="version"):
-        plan_repair(table, VERSION, [(*good[:-1], None)])
+        plan_repair(replicated(table), [(*good[:-1], None)])
     with pytest.raises(ReconcileError, match="expected 24"):
-        plan_repair(table, VERSION, [good[:-2]])
+        plan_repair(replicated(table), [good[:-2]])
     with pytest.raises(ReconcileError, match="listed twice"):
-        plan_repair(table, VERSION, [good, (*good[:-1], 11)])
+        plan_repair(replicated(table), [good, (*good[:-1], 11)])
     with pytest.raises(ReconcileError, match="both upserted and deleted"):
-        plan_repair(table, VERSION, [good], [ExtraRow(key_of(good, table), 5)])
+        plan_repair(replicated(table), [good], [ExtraRow(key_of(good, table), 5)])
     nanos = list(good)
     nanos[layout.index("span_pg")] = Duration(0, 0, 1)
     with pytest.raises(ReconcileError, match=r"span_pg.*nanoseconds"):
-        plan_repair(table, VERSION, [nanos])
+        plan_repair(replicated(table), [nanos])
     with pytest.raises(ReconcileError, match="run id"):
-        plan_repair(table, VERSION, [good], run_id="bad id; --")
+        plan_repair(replicated(table), [good], run_id="bad id; --")
 
 
 # --------------------------------------------------------------------------- guards and script
@@ -343,7 +345,7 @@ def _seed_scenario(dsn: str, table: TableSpec, audit: AuditTables) -> list[tuple
     """Target rows before repair; returns the repair's upsert rows (see the test for the cases)."""
     seed = [hostile_row(i, 100) for i in range(2, 6)] + [hostile_row(i, 50) for i in (10, 11)]
     with psycopg.connect(dsn) as conn:
-        apply_repair(conn, plan_repair(table, VERSION, seed, run_id="seed"), audit=audit)
+        apply_repair(conn, plan_repair(replicated(table), seed, run_id="seed"), audit=audit)
     # 2: older and different → updated. 3: newer (900) → kept. 4: same version and content →
     # left unchanged. 5: same version, different content → updated. 1: missing → inserted.
     update_version(dsn, table, "MixedCase", 3, 900, **{'"quoted"': "newer"})
@@ -381,12 +383,14 @@ def test_dry_run_script_via_psql_reaches_the_same_state_as_apply(
     # Row 1 is missing from the target: the re-read found it absent, so it is an insert.
     inserts, upserts = upserts[:1], upserts[1:]
     plan = plan_repair(
-        applied, VERSION, upserts, deletes, inserts=inserts, run_id="script-vs-apply"
+        replicated(applied), upserts, deletes, inserts=inserts, run_id="script-vs-apply"
     )
     outcome = apply_repair(conn, plan, audit=audit, batch_size=2)
-    script = plan_repair(
-        scripted, VERSION, upserts, deletes, inserts=inserts, run_id="script-vs-apply"
-    ).sql_script()
+    script = render_script(
+        plan_repair(
+            replicated(scripted), upserts, deletes, inserts=inserts, run_id="script-vs-apply"
+        )
+    )
     run_psql(postgres_dsn, script, tmp_path)
 
     assert (outcome.upserted, outcome.deleted, outcome.copied) == (3, 1, 1)
@@ -427,7 +431,7 @@ def test_script_header_cannot_break_out_of_its_comment(pg_schema: str) -> None:
             "columns": {"id": "int"},
         }
     )
-    script = plan_repair(table, VERSION, [(1, 5)]).sql_script()
+    script = render_script(plan_repair(replicated(table), [(1, 5)]))
     header = script[: script.index("SET client_encoding")]
     assert all(line.startswith("-- ") for line in header.splitlines())
     assert "evil\\u000aDROP" in header
@@ -488,17 +492,17 @@ def test_concurrent_writer_newer_version_survives_a_running_batch(
             apply_repair(
                 seed,
                 plan_repair(
-                    table, VERSION, [(i, f"old-{i}", i, 100) for i in range(1, 6)], run_id="seed"
+                    replicated(table), [(i, f"old-{i}", i, 100) for i in range(1, 6)], run_id="seed"
                 ),
                 audit=audit,
             )
     repaired = [(i, f"repair-{i}", 10 * i, 200) for i in range(1, 6)]
     if kind == "insert":
-        plan = plan_repair(table, VERSION, [], inserts=repaired)
+        plan = plan_repair(replicated(table), [], inserts=repaired)
     elif kind == "upsert":
-        plan = plan_repair(table, VERSION, repaired)
+        plan = plan_repair(replicated(table), repaired)
     else:
-        plan = plan_repair(table, VERSION, [], [ExtraRow((i,), 100) for i in range(1, 6)])
+        plan = plan_repair(replicated(table), [], [ExtraRow((i,), 100) for i in range(1, 6)])
     with psycopg.connect(postgres_dsn) as writer:
         items = sql.Identifier(pg_schema, "items")
         if kind == "insert":
@@ -552,11 +556,11 @@ def test_an_absent_key_that_appeared_since_the_reread_falls_back_to_the_guarded_
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
     plan = plan_repair(
-        table, VERSION, [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
+        replicated(table), [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
     )
     apply_repair(  # the sink writes key 3 after the re-read
         conn,
-        plan_repair(table, VERSION, [(3, "sink", 3, appeared_version)], run_id="sink"),
+        plan_repair(replicated(table), [(3, "sink", 3, appeared_version)], run_id="sink"),
         audit=audit,
     )
 
@@ -592,7 +596,7 @@ def test_a_writer_that_rolls_back_lets_the_straight_copy_through(
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
     plan = plan_repair(
-        table, VERSION, [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
+        replicated(table), [], inserts=[(i, f"repair-{i}", i, 200) for i in range(1, 6)]
     )
     with psycopg.connect(postgres_dsn) as writer:
         writer.execute(
@@ -664,7 +668,7 @@ def test_a_table_where_copy_differs_from_insert_takes_the_guarded_path(
     }
     setup, named, expected_names = COPY_BLOCKERS[blocker]
     create_target(postgres_dsn, table, *(text.format(**names) for text in setup))
-    plan = plan_repair(table, VERSION, [], inserts=[(i, f"r{i}", i, 200) for i in range(1, 4)])
+    plan = plan_repair(replicated(table), [], inserts=[(i, f"r{i}", i, 200) for i in range(1, 4)])
 
     outcome = apply_repair(conn, plan, audit=audit)
 
@@ -699,7 +703,7 @@ def test_an_invalid_unique_index_is_refused_before_anything_is_written(
                 sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY items_id ON {} (id)").format(items)
             )
         setup.execute(sql.SQL("DELETE FROM {}").format(items))
-    plan = plan_repair(table, VERSION, [], inserts=[(1, "repair", 1, 200)])
+    plan = plan_repair(replicated(table), [], inserts=[(1, "repair", 1, 200)])
 
     with pytest.raises(ReconcileError, match=r"no valid primary key.*REINDEX"):
         apply_repair(conn, plan, audit=audit)
@@ -712,10 +716,10 @@ def test_newer_row_committed_before_apply_is_kept(
 ) -> None:
     table = simple_table(pg_schema)
     create_target(postgres_dsn, table)
-    plan = plan_repair(table, VERSION, [(1, "repair", 1, 200)], [ExtraRow((2,), 100)])
+    plan = plan_repair(replicated(table), [(1, "repair", 1, 200)], [ExtraRow((2,), 100)])
     apply_repair(
         conn,
-        plan_repair(table, VERSION, [(1, "old", 1, 100), (2, "x", 2, 100)], run_id="s"),
+        plan_repair(replicated(table), [(1, "old", 1, 100), (2, "x", 2, 100)], run_id="s"),
         audit=audit,
     )
     update_version(postgres_dsn, table, "id", 1, 250, name="sink")
@@ -736,8 +740,8 @@ def test_reapplying_changes_nothing(postgres_dsn: str, pg_schema: str, audit: Au
     rows = [hostile_row(i, 500) for i in range(8)]
     extra = [hostile_row(i, 1) for i in (20, 21)]
     with ConnectionPool(postgres_dsn, min_size=1, max_size=2, open=True) as pool:
-        apply_repair(pool, plan_repair(table, VERSION, extra, run_id="seed"), audit=audit)
-        plan = plan_repair(table, VERSION, rows, [ExtraRow(key_of(r, table), 1) for r in extra])
+        apply_repair(pool, plan_repair(replicated(table), extra, run_id="seed"), audit=audit)
+        plan = plan_repair(replicated(table), rows, [ExtraRow(key_of(r, table), 1) for r in extra])
         first = apply_repair(pool, plan, "first", batch_size=3, audit=audit)
         state = table_state(postgres_dsn, table)
         second = apply_repair(pool, plan, "second", batch_size=3, audit=audit)
@@ -755,8 +759,8 @@ def test_plans_share_a_run_id_when_batches_are_numbered_on(
 ) -> None:
     table = hostile_table(pg_schema)
     create_target(postgres_dsn, table)
-    first_plan = plan_repair(table, VERSION, [hostile_row(i, 500) for i in range(5)])
-    second_plan = plan_repair(table, VERSION, [hostile_row(i, 500) for i in range(5, 9)])
+    first_plan = plan_repair(replicated(table), [hostile_row(i, 500) for i in range(5)])
+    second_plan = plan_repair(replicated(table), [hostile_row(i, 500) for i in range(5, 9)])
 
     first = apply_repair(conn, first_plan, "shared", batch_size=2, audit=audit)
     after = batch_count(first_plan, 2)
@@ -819,7 +823,7 @@ def test_a_failing_batch_rolls_back_completely_and_names_table_and_batch(
     relation = sql.Identifier(pg_schema, "items").as_string(None)
     create_target(postgres_dsn, table, f"ALTER TABLE {relation} ADD CHECK (qty < 1000)")
     rows = [(1, "a", 1, 5), (2, "b", 2, 5), (3, "c", 3, 5), (4, "bad", 5000, 5), (5, "e", 5, 5)]
-    plan = plan_repair(table, VERSION, rows, run_id="failing")
+    plan = plan_repair(replicated(table), rows, run_id="failing")
 
     with pytest.raises(ReconcileError) as failure:
         apply_repair(conn, plan, batch_size=2, audit=audit)
@@ -839,7 +843,7 @@ def test_masked_columns_are_never_written(
     )
     create_target(postgres_dsn, table)
     assert upsert_layout(table, VERSION) == ("id", "name", "qty", VERSION)
-    apply_repair(conn, plan_repair(table, VERSION, [(1, "a", 1, 5)], run_id="m1"), audit=audit)
+    apply_repair(conn, plan_repair(replicated(table), [(1, "a", 1, 5)], run_id="m1"), audit=audit)
     with conn.transaction():
         conn.execute(
             sql.SQL("UPDATE {} SET secret = '****'").format(sql.Identifier(pg_schema, "items"))
@@ -847,7 +851,7 @@ def test_masked_columns_are_never_written(
 
     apply_repair(
         conn,
-        plan_repair(table, VERSION, [(1, "b", 2, 6), (2, "c", 3, 6)], run_id="m2"),
+        plan_repair(replicated(table), [(1, "b", 2, 6), (2, "c", 3, 6)], run_id="m2"),
         audit=audit,
     )
 
@@ -861,7 +865,7 @@ def test_an_open_transaction_is_refused(
     create_target(postgres_dsn, table)
     conn.execute("SELECT 1")
     with pytest.raises(ReconcileError, match="open transaction"):
-        apply_repair(conn, plan_repair(table, VERSION, [(1, "a", 1, 5)]), audit=audit)
+        apply_repair(conn, plan_repair(replicated(table), [(1, "a", 1, 5)]), audit=audit)
 
 
 def test_a_missing_target_is_named(
@@ -869,7 +873,7 @@ def test_a_missing_target_is_named(
 ) -> None:
     table = simple_table(pg_schema, name="absent")
     with pytest.raises(ReconcileError, match=rf"{pg_schema}\.absent does not exist"):
-        apply_repair(conn, plan_repair(table, VERSION, [(1, "a", 1, 5)]), audit=audit)
+        apply_repair(conn, plan_repair(replicated(table), [(1, "a", 1, 5)]), audit=audit)
 
 
 @pytest.mark.parametrize("verified_absent", [False, True], ids=["upserts", "inserts"])
@@ -885,7 +889,7 @@ def test_parallel_workers_reach_the_same_state_and_audit(
     for table in (sequential, parallel):
         create_target(postgres_dsn, table)
     apply_repair(
-        conn, plan_repair(sequential, VERSION, rows, run_id="seq"), batch_size=2, audit=audit
+        conn, plan_repair(replicated(sequential), rows, run_id="seq"), batch_size=2, audit=audit
     )
     with ConnectionPool(postgres_dsn, min_size=3, max_size=3, open=True) as pool:
         outcome = apply_repair(
@@ -902,7 +906,7 @@ def test_parallel_workers_reach_the_same_state_and_audit(
         range(11)
     )
     with pytest.raises(ReconcileError, match="ConnectionPool"):
-        apply_repair(conn, plan_repair(parallel, VERSION, rows), workers=2, audit=audit)
+        apply_repair(conn, plan_repair(replicated(parallel), rows), workers=2, audit=audit)
 
 
 def test_exception_audit_records_only_deletes_and_keys_left_alone(
@@ -912,12 +916,13 @@ def test_exception_audit_records_only_deletes_and_keys_left_alone(
     create_target(postgres_dsn, table)
     apply_repair(
         conn,
-        plan_repair(table, VERSION, [(1, "a", 1, 5), (2, "b", 2, 5), (3, "c", 3, 9)], run_id="s"),
+        plan_repair(
+            replicated(table), [(1, "a", 1, 5), (2, "b", 2, 5), (3, "c", 3, 9)], run_id="s"
+        ),
         audit=audit,
     )
     plan = plan_repair(
-        table,
-        VERSION,
+        replicated(table),
         [(1, "a", 1, 5), (3, "old", 3, 8)],
         [ExtraRow((2,), 5), ExtraRow((9,), 5)],
         inserts=[(4, "new", 4, 8)],
@@ -948,16 +953,16 @@ def test_the_per_key_trail_is_one_set_per_batch_and_action_unrolled_by_the_view(
     table = hostile_table(pg_schema)
     create_target(postgres_dsn, table)
     seed = [hostile_row(i, 5) for i in range(4)]
-    apply_repair(conn, plan_repair(table, VERSION, seed, run_id="seed"), audit=audit)
+    apply_repair(conn, plan_repair(replicated(table), seed, run_id="seed"), audit=audit)
     newer = hostile_row(3, 9)
-    apply_repair(conn, plan_repair(table, VERSION, [newer], run_id="newer"), audit=audit)
+    apply_repair(conn, plan_repair(replicated(table), [newer], run_id="newer"), audit=audit)
     rows = [hostile_row(0, 5), hostile_row(1, 7), hostile_row(3, 8), hostile_row(4, 7)]
     extras = [
         ExtraRow(key_of(hostile_row(2, 5), table), 5),
         ExtraRow(key_of(hostile_row(7, 5), table), 5),
     ]
 
-    apply_repair(conn, plan_repair(table, VERSION, rows, extras, run_id="trail"), audit=audit)
+    apply_repair(conn, plan_repair(replicated(table), rows, extras, run_id="trail"), audit=audit)
 
     recorded = {
         (a.key["MixedCase"], a.action, a.version)
@@ -1001,7 +1006,7 @@ def test_an_audit_table_from_an_earlier_layout_is_named_and_nothing_is_written(
         ReconcileError, match=r"repair_actions is a table.*RENAME TO repair_actions_v1"
     ):
         apply_repair(
-            conn, plan_repair(table, VERSION, [(1, "a", 1, 5)], run_id="legacy"), audit=audit
+            conn, plan_repair(replicated(table), [(1, "a", 1, 5)], run_id="legacy"), audit=audit
         )
 
     assert table_state(postgres_dsn, table) == []

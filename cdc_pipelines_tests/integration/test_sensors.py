@@ -32,6 +32,7 @@ from cdc_pipelines.errors import ConnectError
 from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag import LAG_WINDOW_SIZE
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget, LagSampler
+from cdc_pipelines.replicated_table import resolve_spec
 
 GOOD_JDBC_URL = "jdbc:postgresql://127.0.0.1:5432/cdc"
 CLOSED_PORT_JDBC_URL = "jdbc:postgresql://127.0.0.1:1/cdc"
@@ -77,7 +78,7 @@ tables:
 
 @pytest.fixture
 def names(declaration: PipelineConfig) -> TableNames:
-    return TableNames.of(declaration, declaration.tables[0])
+    return TableNames(resolve_spec(declaration, declaration.tables[0]))
 
 
 @pytest.fixture

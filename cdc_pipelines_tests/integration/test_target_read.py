@@ -30,6 +30,7 @@ from cdc_pipelines.postgres.target_index import (
 )
 from cdc_pipelines.ring.slices import slice_id
 from cdc_pipelines.rows.canonical import ROW_HASH_COLUMN, CanonicalSchema, from_python_rows
+from cdc_pipelines_tests.declarations import replicated
 from cdc_pipelines_tests.unit.test_canonical import VALUE_STRATEGIES, pg_text
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 
@@ -92,8 +93,8 @@ def _run(dsn: str, table: TableSpec, *statements: str, **literals: object) -> No
 
 
 def _index(dsn: str, table: TableSpec, directory: Path) -> tuple[CanonicalSchema, Any]:
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
-    build_target_index(dsn, table, schema, 1, directory)
+    schema = replicated(table).canonical
+    build_target_index(dsn, replicated(table, slices=1), directory)
     indexed = read_slice_index(directory, slice_id(0, 1), schema)
     return schema, indexed.drop_columns([ROW_HASH_COLUMN]).sort_by("k")
 
@@ -240,7 +241,7 @@ def test_native_columns_read_like_the_source(
     come over binary COPY in their own types; the index must hold the source's canonical form,
     compared timestamps and times floored to the declared precision."""
     table = _native_table(pg_schema, postgres_dsn, f"native_{precision}", precision)
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+    schema = replicated(table).canonical
 
     @settings(AGAINST_POSTGRES, max_examples=25)
     @given(rows=NATIVE_ROWS)
@@ -252,7 +253,7 @@ def test_native_columns_read_like_the_source(
             table,
             [[_stored_text(c, v) for c, v in zip(cql_types, row, strict=True)] for row in keyed],
         )
-        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+        build_target_index(postgres_dsn, replicated(table, slices=1), tmp_path)
         target = read_slice_index(tmp_path, slice_id(0, 1), schema).drop_columns([ROW_HASH_COLUMN])
 
         expected = from_python_rows(keyed, schema)
@@ -278,9 +279,9 @@ def test_target_timestamp_without_zone_and_time_columns_are_read_natively(
         "INSERT INTO {t} (k, ts, tm, {v}) "
         "VALUES (1, '2026-01-02 03:04:05.678901', '23:59:59.999999', 7)",
     )
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+    schema = replicated(table).canonical
 
-    build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+    build_target_index(postgres_dsn, replicated(table, slices=1), tmp_path)
 
     row = read_slice_index(tmp_path, slice_id(0, 1), schema).to_pylist()[0]
     assert row["ts"] == dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
@@ -296,7 +297,7 @@ def test_only_exactly_typed_columns_skip_the_text_round_trip(pg_schema: str) -> 
             "columns": {"k": "bigint", "n": "int", "amount": "decimal", "tags": "list<text>"},
         }
     )
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
+    schema = replicated(table).canonical
     types = {"k": "int8", "n": "int8", "amount": "numeric", "tags": "_text", VERSION: "int8"}
 
     query = typed_select(table, schema, types, select_expression)
@@ -309,14 +310,14 @@ def test_only_exactly_typed_columns_skip_the_text_round_trip(pg_schema: str) -> 
 def test_an_unreachable_postgres_and_a_missing_table_are_named(
     numbers: TableSpec, postgres_dsn: str, tmp_path: Path
 ) -> None:
-    schema = CanonicalSchema.from_table(numbers, version_column=VERSION)
+
     closed_port = "postgresql://cdc:cdc@127.0.0.1:1/cdc"
     with pytest.raises(ServiceError, match=r"cannot connect to PostgreSQL.*CDC_POSTGRES_DSN"):
-        build_target_index(closed_port, numbers, schema, 1, tmp_path)
+        build_target_index(closed_port, replicated(numbers, slices=1), tmp_path)
 
     missing = numbers.model_copy(update={"target": f"{numbers.target_schema}.nowhere"})
     with pytest.raises(ServiceError, match=r"\.nowhere does not exist.*ddl apply"):
-        build_target_index(postgres_dsn, missing, schema, 1, tmp_path)
+        build_target_index(postgres_dsn, replicated(missing, slices=1), tmp_path)
     assert not list(tmp_path.glob("slice=*"))
 
 
@@ -340,10 +341,9 @@ def test_native_values_the_source_cannot_hold_are_named(
         f"INSERT INTO {{t}} (k, {column}, {{v}}) VALUES (1, {{value}}, 7)",
         value=value,
     )
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
 
     with pytest.raises(ReconcileError, match=message):
-        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+        build_target_index(postgres_dsn, replicated(table, slices=1), tmp_path)
 
 
 def test_a_time_of_24_00_is_named(pg_schema: str, postgres_dsn: str, tmp_path: Path) -> None:
@@ -355,10 +355,9 @@ def test_a_time_of_24_00_is_named(pg_schema: str, postgres_dsn: str, tmp_path: P
         "ALTER TABLE {t} ALTER COLUMN tm TYPE time USING NULL",
         "INSERT INTO {t} (k, tm, {v}) VALUES (1, '24:00:00', 7)",
     )
-    schema = CanonicalSchema.from_table(table, version_column=VERSION)
 
     with pytest.raises(ReconcileError, match=r"column 'tm' \(time\).*24:00:00"):
-        build_target_index(postgres_dsn, table, schema, 1, tmp_path)
+        build_target_index(postgres_dsn, replicated(table, slices=1), tmp_path)
 
 
 def test_a_connection_lost_mid_read_is_named(
@@ -366,7 +365,7 @@ def test_a_connection_lost_mid_read_is_named(
 ) -> None:
     _run(postgres_dsn, numbers, LARGE_FILL, rows=1_000_000)
     relation = sql.Identifier(numbers.target_schema, numbers.target_table)
-    schema = CanonicalSchema.from_table(numbers, version_column=VERSION)
+
     terminated = []
 
     def end_the_reading_backend(rows: int) -> None:
@@ -382,6 +381,6 @@ def test_a_connection_lost_mid_read_is_named(
 
     with pytest.raises(ServiceError, match=r"reading .*numbers from PostgreSQL failed"):
         build_target_index(
-            postgres_dsn, numbers, schema, 1, tmp_path, on_rows=end_the_reading_backend
+            postgres_dsn, replicated(numbers, slices=1), tmp_path, on_rows=end_the_reading_backend
         )
     assert terminated == [1]

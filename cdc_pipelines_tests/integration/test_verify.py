@@ -42,10 +42,11 @@ from cdc_pipelines.reconcile.verify import (
     CandidateKind,
     verify_discrepancies,
 )
+from cdc_pipelines.replicated_table import resolve_spec
 from cdc_pipelines.rows.layout import upsert_layout
 from cdc_pipelines.scylla.key_reads import read_source_rows
 from cdc_pipelines.scylla.schema import create_source_tables
-from cdc_pipelines_tests.declarations import all_types_declaration
+from cdc_pipelines_tests.declarations import all_types_declaration, replicated
 
 VERSION = "_cdc_version_us"
 PARTITIONS = 3
@@ -262,20 +263,19 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
 
     def read_source(keys: Any) -> Any:
         asked.append(len(keys))
-        return read_source_rows(cql_session, orders, keys)
+        return read_source_rows(cql_session, replicated(orders), keys)
 
     with psycopg.connect(postgres_dsn) as conn:
-        read_target = partial(read_target_rows, conn, orders, version_column=VERSION)
+        read_target = partial(read_target_rows, conn, replicated(orders))
         fresh = read_source([key(i) for i in (1, 2, 3, 7, 8)])
         assert fresh[0] is not None and fresh[0].version == T0 + 10  # max WRITETIME of the row
         at = fresh[0].values[upsert_layout(orders, VERSION).index("at")]
         assert isinstance(at, dt.datetime) and at.tzinfo is not None
         # The target as the sink left it: rows 2, 3, 7, 8 written by repair itself, then drifted.
-        seed = plan_repair(orders, VERSION, [r.values for r in fresh[1:] if r is not None])
+        seed = plan_repair(replicated(orders), [r.values for r in fresh[1:] if r is not None])
         apply_repair(conn, seed, audit=audit)
         extra = plan_repair(
-            orders,
-            VERSION,
+            replicated(orders),
             [(5, "ck'5", "gone", None, None, None, None, T0 - 100)],
             run_id="extra-row",
         )
@@ -296,13 +296,11 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
             Candidate(key(1), CandidateKind.MISSING),  # duplicates are verified once
         ]
         result = verify_discrepancies(
-            orders,
+            replicated(orders),
             candidates,
             cutoff_us=CUTOFF,
             read_source=read_source,
             read_target=read_target,
-            version_column=VERSION,
-            tolerances=orders.tolerances,
         )
 
         assert asked[1:] == ([3, 3, 2] if chunk == 3 else [8])  # 8 distinct keys, in chunks
@@ -320,19 +318,17 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
         assert [(d.key, d.scan_version) for d in result.delete_rows] == [(key(5), T0 - 100)]
 
         plan = plan_repair(
-            orders, VERSION, result.upsert_rows, result.delete_rows, inserts=result.insert_rows
+            replicated(orders), result.upsert_rows, result.delete_rows, inserts=result.insert_rows
         )
         outcome = apply_repair(conn, plan, audit=audit)
         assert (outcome.upserted, outcome.deleted, outcome.copied) == (2, 1, 1)
 
         again = verify_discrepancies(
-            orders,
+            replicated(orders),
             [c for c in candidates if c.key != key(8)],
             cutoff_us=CUTOFF,
             read_source=read_source,
             read_target=read_target,
-            version_column=VERSION,
-            tolerances=orders.tolerances,
         )
     assert again.confirmed == ()
     assert sorted(k[0] for k in again.resolved) == [1, 2, 3, 5, 6, 7]  # type: ignore[type-var]
@@ -345,9 +341,10 @@ def test_every_cql_type_round_trips_source_to_repair_to_verified_equal(
     """A row of every CQL type: read from Cassandra, repaired into PostgreSQL, verified equal."""
     config = all_types_declaration(keyspace)
     create_source_tables(cql_session, config)
-    (table,) = config.tables
+    (spec,) = config.tables
+    table = resolve_spec(config, spec)
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        for statement in create_statements(table, VERSION):
+        for statement in create_statements(spec, VERSION):
             conn.execute(statement)
     insert = cql_session.prepare(
         f'INSERT INTO {keyspace}.all_types (id, region, "order", "Mixed Case", c_bigint, c_smallint, '
@@ -398,12 +395,10 @@ def test_every_cql_type_round_trips_source_to_repair_to_verified_equal(
 
     with psycopg.connect(postgres_dsn) as conn:
         read_source = partial(read_source_rows, cql_session, table)
-        read_target = partial(
-            read_target_rows, conn, table, version_column=VERSION, user_types=config.user_types
-        )
+        read_target = partial(read_target_rows, conn, table)
         rows = [r.values for r in read_source(keys) if r is not None]
         assert len(rows) == 2
-        plan = plan_repair(table, VERSION, rows, user_types=config.user_types)
+        plan = plan_repair(table, rows)
         assert apply_repair(conn, plan, audit=audit).upserted == 2
         result = verify_discrepancies(
             table,
@@ -411,9 +406,6 @@ def test_every_cql_type_round_trips_source_to_repair_to_verified_equal(
             cutoff_us=CUTOFF,
             read_source=read_source,
             read_target=read_target,
-            version_column=VERSION,
-            tolerances=config.tolerances_for(table),
-            user_types=config.user_types,
         )
     assert result.confirmed == () and result.in_flight == ()
     assert sorted(result.resolved) == sorted(keys)

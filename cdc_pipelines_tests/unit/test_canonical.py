@@ -29,12 +29,14 @@ from cdc_pipelines.rows.canonical import (
     ColumnRole,
     canonical_arrow_type,
     decimal_canonical,
+    duration_parts,
     from_postgres_text,
     from_python_rows,
     normalize,
     normalize_decimal_text,
     read_postgres_csv,
 )
+from cdc_pipelines.rows.connector_form import connector_value
 from cdc_pipelines_tests.unit.test_tokens import KEY_VALUES
 
 POINT = namedtuple("POINT", ["x", "label"])
@@ -474,3 +476,40 @@ def test_no_driver_rows_make_an_empty_canonical_batch() -> None:
     schema = schema_of(["int", "list<text>"])
     batch = from_python_rows([], schema)
     assert batch.num_rows == 0 and batch.schema == schema.arrow_schema
+
+
+@settings(max_examples=300)
+@given(
+    sign=st.sampled_from([1, -1]),
+    months=st.integers(0, 10**6),
+    days=st.integers(0, 10**6),
+    nanos=st.integers(0, 10**18),
+)
+def test_the_connectors_duration_literal_reads_back_exactly(
+    sign: int, months: int, days: int, nanos: int
+) -> None:
+    """The sink writes a duration as CQL's literal, zero parts left out (``9mo460187176014ns``)."""
+    literal = connector_value(
+        parse_cql_type("duration"), Duration(sign * months, sign * days, sign * nanos), {}
+    )
+    assert duration_parts(literal) == (sign * months, sign * days, sign * nanos)
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("9mo460187176014ns", (9, 0, 460_187_176_014)),
+        ("-1y2w", (-12, -14, 0)),
+        ("1h30m15s7ms3us2µs1ns", (0, 0, 5_415_007_005_001)),
+        ("0ns", (0, 0, 0)),
+        ("3mo4d5ns", (3, 4, 5)),
+    ],
+)
+def test_cql_duration_literals(text: str, parts: tuple[int, int, int]) -> None:
+    assert duration_parts(text) == parts
+
+
+@pytest.mark.parametrize("text", ["", "-", "5", "1x", "mo", "1mo-2d", "1 mo"])
+def test_text_that_is_no_duration_is_named(text: str) -> None:
+    with pytest.raises(TypeError, match="is not a duration"):
+        duration_parts(text)

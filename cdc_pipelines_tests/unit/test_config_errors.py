@@ -174,6 +174,12 @@ CASES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
         (f"{T0}.slices", "greater than or equal to 1"),
     ),
     (
+        "slices-boolean",
+        with_table_lines("slices: true"),
+        {},
+        (f"{T0}.slices", "valid integer"),
+    ),
+    (
         "slices-too-many",
         with_table_lines("slices: 100000"),
         {},

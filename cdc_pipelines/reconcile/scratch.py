@@ -1,0 +1,72 @@
+"""Where a table's reconciliation keeps its files, named in one place.
+
+Under ``<scratch>/<keyspace>.<table>/``: ``target_index/`` (one Arrow file per slice),
+``scan.json`` (the scan marker), ``slices/`` (each slice's candidates, result and repair
+script) and the whole-table run's Parquet file of confirmed discrepancies and SQL script.
+The CLI and Dagster runs share the layout, so either can pick up the other's files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
+SCAN_MARKER = "scan.json"
+
+
+@dataclass(frozen=True)
+class ScratchLayout:
+    """The files of one table's reconciliation under a scratch root."""
+
+    root: Path
+    source: str  # keyspace.table
+
+    @property
+    def table_dir(self) -> Path:
+        return self.root / self.source
+
+    @property
+    def index_dir(self) -> Path:
+        return self.table_dir / "target_index"
+
+    @property
+    def scan_marker(self) -> Path:
+        return self.table_dir / SCAN_MARKER
+
+    @property
+    def slices_dir(self) -> Path:
+        return self.table_dir / "slices"
+
+    def candidates(self, slice_id: str) -> Path:
+        """The slice's discrepancy candidates (Arrow IPC: keys, kind, differing columns)."""
+        return self.slices_dir / f"slice={slice_id}.candidates.arrow"
+
+    def slice_result(self, slice_id: str) -> Path:
+        """The slice's diff counts (JSON)."""
+        return self.slices_dir / f"slice={slice_id}.result.json"
+
+    def slice_repair_script(self, slice_id: str, run_id: str) -> Path:
+        return self.slices_dir / f"slice={slice_id}.repair-{run_id}.sql"
+
+    def discrepancies(self, run_id: str) -> Path:
+        """A whole-table run's confirmed discrepancies (Parquet)."""
+        return self.table_dir / f"discrepancies-{run_id}.parquet"
+
+    def repair_script(self, run_id: str) -> Path:
+        """A whole-table run's dry-run SQL script."""
+        return self.table_dir / f"repair-{run_id}.sql"
+
+
+def write_candidates(path: Path, candidates: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ipc.new_file(str(path), candidates.schema) as writer:
+        writer.write_table(candidates)
+
+
+def read_candidates(path: Path) -> pa.Table:
+    with pa.OSFile(str(path), "rb") as source:
+        return ipc.open_file(source).read_all()
