@@ -1,7 +1,10 @@
 """``cdc-pipelines reconcile KEYSPACE.TABLE``: diff, verify and (optionally) repair one table.
 
-Exit codes: 0 no confirmed discrepancy remains, 1 confirmed discrepancies remain
-(e.g. after a dry run), 2 usage or configuration error, 3 a service failed.
+Exit codes: 0 clean (nothing remains, and the sink's catch-up was confirmed for every
+candidate), 1 discrepancies remain (after a dry run, target rows ahead of the source, or
+verdicts left unsure by an unconfirmed catch-up), 2 usage or configuration error, 3 a service
+failed or a value could not be read or written (the message names the column and value; a
+repair that stopped writes a partial report and names the command that repairs the rest).
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="report and write the repair SQL script, change nothing (the default)",
     )
     mode.add_argument("--repair", action="store_true", help="apply the verified repair")
+    mode.add_argument(
+        "--repair-unconfirmed",
+        action="store_true",
+        help="repair even when the sink's catch-up cannot be confirmed (Kafka down, timeout): "
+        "rows still in flight may then be rewritten from the source",
+    )
     parser.add_argument("--slices", type=int, help="override the declared slice count")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
     parser.add_argument(
@@ -73,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         table = table.with_slices(args.slices)
     options = ReconcileOptions(
         scratch=Path(args.scratch),
-        repair=bool(args.repair),
+        repair=bool(args.repair or args.repair_unconfirmed),
+        repair_unconfirmed=bool(args.repair_unconfirmed),
         workers=max(1, args.workers),
         settle_seconds=args.settle_seconds,
         audit_detail=AuditDetail(args.audit),
@@ -89,9 +99,20 @@ def run(args: argparse.Namespace) -> int:
     say(
         f"{table.source}: {report.source_rows} source rows, {report.target_rows} target rows; "
         f"missing {report.missing}, extra {report.extra}, mismatched {report.mismatched}, "
-        f"in flight {report.in_flight}; repaired {report.repaired['upserted']} upserted, "
-        f"{report.repaired['deleted']} deleted in {report.duration_s:.1f}s"
+        f"target ahead {report.target_ahead}, in flight {report.in_flight}; repaired "
+        f"{report.repaired['upserted']} upserted, {report.repaired['deleted']} deleted in "
+        f"{report.duration_s:.1f}s"
     )
+    if report.target_ahead:
+        say(
+            f"{report.target_ahead} target row(s) differ with a version ahead of the source's: "
+            "repair will not overwrite them; see the 'target_ahead' rows of "
+            f"{report.discrepancies_path}"
+        )
+    if report.repair_refused:
+        say(f"not repaired: {report.repair_refused}")
+    elif not report.catch_up_confirmed:
+        say(f"warning: verdicts unconfirmed: {report.verification}")
     if report.dry_run_sql_path:
         say(f"dry-run SQL: {report.dry_run_sql_path} (apply with --repair)")
-    return EXIT_OK if report.remaining == 0 else EXIT_DISCREPANCIES
+    return EXIT_OK if report.settled else EXIT_DISCREPANCIES

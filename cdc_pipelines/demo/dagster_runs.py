@@ -17,7 +17,7 @@ from cdc_pipelines.defs.names import TableNames, table_names
 from cdc_pipelines.devstack.stack import Reporter
 from cdc_pipelines.settings import ConnectionSettings
 
-DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
+DAGSTER_HOME = Path(__file__).resolve().parents[2] / "dagster_home"
 
 
 def _materialize(

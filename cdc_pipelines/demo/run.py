@@ -32,7 +32,7 @@ from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines.scylla.session import cql_session, quote_cql
 from cdc_pipelines.settings import ConnectionSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_ROWS = {"orders": 20_000, "all_types": 2_000}
 CATCH_UP_TIMEOUT_S = 180.0
 

@@ -7,6 +7,7 @@ A group or partition that does not answer in time is reported, not waited for.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -43,16 +44,26 @@ class TargetSample:
     problems: tuple[str, ...] = field(default_factory=tuple)
 
 
+LIBRDKAFKA_LOG = logging.getLogger("cdc_pipelines.kafka.librdkafka")
+LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+LIBRDKAFKA_LOG.propagate = False
+
+
 def admin_client(bootstrap_servers: str, timeout_s: float) -> AdminClient:
-    """An admin client whose socket and metadata calls give up after ``timeout_s``."""
+    """An admin client whose socket and metadata calls give up after ``timeout_s``.
+
+    librdkafka's own log lines (hundreds while a broker is down) go to the
+    ``cdc_pipelines.kafka.librdkafka`` logger, silent unless a handler is attached; a
+    failure reaches the caller once, as a :class:`ServiceError`.
+    """
     timeout_ms = str(max(1, int(timeout_s * 1000)))
-    return AdminClient(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "socket.timeout.ms": timeout_ms,
-            "socket.connection.setup.timeout.ms": timeout_ms,
-        }
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "socket.timeout.ms": timeout_ms,
+        "socket.connection.setup.timeout.ms": timeout_ms,
+        "logger": LIBRDKAFKA_LOG,
+    }
+    return AdminClient(config)
 
 
 class LagSampler:

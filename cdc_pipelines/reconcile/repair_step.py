@@ -7,6 +7,8 @@ run id, numbering batches on from the last, so a table can be repaired slice by 
 
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from psycopg_pool import ConnectionPool
 
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import (
+    BatchReport,
+    ExtraRow,
     RepairOutcome,
     RepairPlan,
     apply_repair,
@@ -25,13 +29,15 @@ from cdc_pipelines.postgres.repair import (
     plan_repair,
     render_script,
 )
-from cdc_pipelines.reconcile.scratch import ScratchLayout
-from cdc_pipelines.reconcile.verify import VerificationResult
-from cdc_pipelines.reconcile.verify_step import verify_slice
+from cdc_pipelines.reconcile.index_step import ScanMarker
+from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
+from cdc_pipelines.reconcile.verify import SourceReader, VerificationResult
+from cdc_pipelines.reconcile.verify_step import CandidateVerifier
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_REPAIR_CONNECTIONS = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class RepairSettings:
 
     connections: int = DEFAULT_REPAIR_CONNECTIONS  # batches applied at once
     audit_detail: AuditDetail = AuditDetail.KEYS
+    allow_unconfirmed: bool = False  # repair although the sink's catch-up was not confirmed
 
 
 def plan_verified_repair(
@@ -61,6 +68,8 @@ class Repairer:
     def __init__(self, dsn: str, run_id: str, repair: RepairSettings = RepairSettings()) -> None:
         self.dsn, self.run_id, self.repair = dsn, run_id, repair
         self.next_batch = 0
+        self._committed: list[BatchReport] = []
+        self._lock = threading.Lock()
         self._stack = ExitStack()
         self._target: psycopg.Connection[Any] | ConnectionPool[Any] | None = None
 
@@ -88,9 +97,75 @@ class Repairer:
             audit_detail=self.repair.audit_detail,
             workers=connections,
             first_batch=self.next_batch,
+            on_batch=self._record,
         )
         self.next_batch += batch_count(plan)
         return outcome
+
+    def _record(self, batch: BatchReport) -> None:
+        # Called from the batch's own thread just before it commits.
+        if not batch.already_done:
+            with self._lock:
+                self._committed.append(batch)
+
+    def totals(self) -> RepairOutcome:
+        """What this repairer's batches did so far, also when a later batch failed."""
+        with self._lock:
+            done = list(self._committed)
+        return RepairOutcome(
+            run_id=self.run_id,
+            upserted=sum(b.upserted for b in done),
+            deleted=sum(b.deleted for b in done),
+            skipped_newer=sum(b.skipped_newer for b in done),
+            skipped_unchanged=sum(b.skipped_unchanged for b in done),
+            skipped_absent=sum(b.skipped_absent for b in done),
+            copied=sum(b.copied for b in done),
+            batches_applied=len(done),
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedRepair:
+    """What repairing one verification's discrepancies did."""
+
+    outcome: RepairOutcome
+    undone: int  # rows written for keys the source deleted meanwhile, removed again
+
+
+def repair_verified(
+    table: ReplicatedTable,
+    verification: VerificationResult,
+    repairer: Repairer,
+    read_source: SourceReader,
+) -> VerifiedRepair | None:
+    """Apply the repair of ``verification``, then take back what the source deleted meanwhile.
+
+    Between the re-read and the commit, the source may delete a key and the sink apply that
+    delete; repair would then bring the row back. So the written keys are read from the
+    source once more after the batches commit, and those gone are deleted again under the
+    version guard (only a row at most as new as the one repair wrote is removed).
+    None when there is nothing to repair.
+    """
+    plan = plan_verified_repair(table, verification, repairer.run_id)
+    if plan.is_empty:
+        return None
+    outcome = repairer.apply(plan)
+    written = [c for c in verification.confirmed if c.source is not None]
+    fresh = read_source([c.key for c in written]) if written else []
+    gone = [
+        ExtraRow(c.key, c.source.version)
+        for c, now in zip(written, fresh, strict=True)
+        if now is None and c.source is not None
+    ]
+    undone = 0
+    if gone:
+        log.info(
+            "table %s: %d repaired key(s) were deleted at the source meanwhile; removing them",
+            table.target,
+            len(gone),
+        )
+        undone = repairer.apply(plan_repair(table, [], gone, run_id=repairer.run_id)).deleted
+    return VerifiedRepair(outcome, undone)
 
 
 @dataclass(frozen=True)
@@ -101,6 +176,17 @@ class SliceRepair:
     plan: RepairPlan
     sql_path: Path
     outcome: RepairOutcome | None
+    undone: int = 0  # rows taken back because the source deleted their keys meanwhile
+    refused: str | None = None  # why an asked-for repair changed nothing
+
+
+def unconfirmed_reason(detail: str) -> str:
+    """Why repair refuses to act on verdicts whose catch-up was not confirmed."""
+    return (
+        f"the sink's catch-up is unconfirmed ({detail}), so rows still in flight may be "
+        "counted as discrepancies; nothing was repaired. Repair anyway with "
+        "--repair-unconfirmed (CLI) or allow_unconfirmed: true (Dagster)"
+    )
 
 
 def repair_slice(
@@ -111,14 +197,25 @@ def repair_slice(
     apply: bool,
     repair: RepairSettings = RepairSettings(),
 ) -> SliceRepair:
-    """Verify the slice's candidates again, plan the repair, write its SQL; apply on request."""
-    verification = verify_slice(table, slice_id, settings, layout)
+    """Verify the slice's candidates again, plan the repair, write its SQL; apply on request.
+
+    An asked-for repair is refused when the sink's catch-up could not be confirmed, unless
+    ``repair.allow_unconfirmed``.
+    """
     run_id = new_run_id()
-    plan = plan_verified_repair(table, verification, run_id)
-    sql_path = layout.slice_repair_script(slice_id, run_id)
-    sql_path.write_text(render_script(plan))
-    outcome = None
-    if apply and not plan.is_empty:
+    candidates = read_candidates(layout.candidates(slice_id))
+    with CandidateVerifier(table, settings, ScanMarker.read(layout)) as verifier:
+        verification = verifier.verify([candidates])
+        plan = plan_verified_repair(table, verification, run_id)
+        sql_path = layout.slice_repair_script(slice_id, run_id)
+        sql_path.write_text(render_script(plan))
+        if not apply or plan.is_empty:
+            return SliceRepair(verification, plan, sql_path, None)
+        if not verifier.confirmed and not repair.allow_unconfirmed:
+            refused = unconfirmed_reason(verifier.detail)
+            return SliceRepair(verification, plan, sql_path, None, refused=refused)
         with Repairer(settings.postgres_dsn, run_id, repair) as repairer:
-            outcome = repairer.apply(plan)
-    return SliceRepair(verification, plan, sql_path, outcome)
+            done = repair_verified(table, verification, repairer, verifier.read_source)
+    if done is None:
+        return SliceRepair(verification, plan, sql_path, None)
+    return SliceRepair(verification, plan, sql_path, done.outcome, undone=done.undone)

@@ -26,6 +26,7 @@ class Tally:
     mismatched: int = 0
     in_flight: int = 0
     resolved: int = 0
+    target_ahead: int = 0  # different, with the target's version ahead: reported, not repaired
 
     @classmethod
     def of(cls, verification: VerificationResult) -> Tally:
@@ -36,6 +37,7 @@ class Tally:
             mismatched=kinds.count(CandidateKind.MISMATCHED),
             in_flight=len(verification.in_flight),
             resolved=len(verification.resolved),
+            target_ahead=len(verification.target_ahead),
         )
 
     def __add__(self, other: Tally) -> Tally:
@@ -45,11 +47,18 @@ class Tally:
             mismatched=self.mismatched + other.mismatched,
             in_flight=self.in_flight + other.in_flight,
             resolved=self.resolved + other.resolved,
+            target_ahead=self.target_ahead + other.target_ahead,
         )
 
     @property
     def confirmed(self) -> int:
+        """Discrepancies repair can settle: missing, extra and mismatched rows."""
         return self.missing + self.extra + self.mismatched
+
+    @property
+    def disagreeing(self) -> int:
+        """Every key still different after the re-read, target-ahead rows included."""
+        return self.confirmed + self.target_ahead
 
 
 @dataclass
@@ -64,12 +73,17 @@ class ReconcileReport:
     mismatched: int = 0
     in_flight: int = 0
     resolved: int = 0
+    target_ahead: int = 0
     repaired: dict[str, int] = field(default_factory=lambda: {"upserted": 0, "deleted": 0})
     duration_s: float = 0.0
     discrepancies_path: str | None = None
     dry_run_sql_path: str | None = None
     slices: list[dict[str, object]] = field(default_factory=list)
     verification: str = "not run"
+    catch_up_confirmed: bool = True  # the sink's offsets were seen past the scan's end offsets
+    repair_refused: str | None = None  # why --repair changed nothing, when it refused
+    repair_failed: str | None = None  # set in the partial report of a repair that stopped
+    undone_after_source_delete: int = 0  # repaired rows removed again: the source deleted them
     skipped_newer: int = 0
     remaining: int = 0
     run_id: str | None = None  # names the repair script, the Parquet file and the audit rows
@@ -78,12 +92,19 @@ class ReconcileReport:
     def confirmed(self) -> int:
         return self.missing + self.extra + self.mismatched
 
+    @property
+    def settled(self) -> bool:
+        """Clean: nothing remains, and no candidate is left unsure by an unconfirmed catch-up."""
+        unsure = not self.catch_up_confirmed and (self.confirmed + self.in_flight) > 0
+        return self.remaining == 0 and not unsure
+
     def add_verdicts(self, tally: Tally) -> None:
         self.missing += tally.missing
         self.extra += tally.extra
         self.mismatched += tally.mismatched
         self.in_flight += tally.in_flight
         self.resolved += tally.resolved
+        self.target_ahead += tally.target_ahead
 
     def add_repair(self, outcome: RepairOutcome) -> int:
         """Count an applied repair; returns how many confirmed discrepancies it settled."""
@@ -102,6 +123,7 @@ class ReconcileReport:
         return json.dumps({**asdict(self), "confirmed": self.confirmed}, indent=2, default=str)
 
 
+TARGET_AHEAD = "target_ahead"
 CONFIRMED_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -126,14 +148,16 @@ class ConfirmedWriter:
         self._writer.close()
 
     def write(self, verification: VerificationResult) -> None:
-        confirmed = verification.confirmed
+        confirmed = (*verification.confirmed, *verification.target_ahead)
         if not confirmed:
             return
+        kinds = [c.kind.value for c in verification.confirmed]
+        kinds += [TARGET_AHEAD] * len(verification.target_ahead)
         self._writer.write_table(
             pa.table(
                 {
                     "key": [json.dumps(list(c.key), default=str) for c in confirmed],
-                    "kind": [c.kind.value for c in confirmed],
+                    "kind": kinds,
                     "source_version": [c.source.version if c.source else None for c in confirmed],
                     "target_version": [c.target_version for c in confirmed],
                 },

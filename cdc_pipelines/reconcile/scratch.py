@@ -56,6 +56,10 @@ class ScratchLayout:
         """A whole-table run's confirmed discrepancies (Parquet)."""
         return self.table_dir / f"discrepancies-{run_id}.parquet"
 
+    def partial_report(self, run_id: str) -> Path:
+        """The report of a whole-table repair that stopped part-way."""
+        return self.table_dir / f"report-{run_id}.partial.json"
+
     def repair_script(self, run_id: str) -> Path:
         """A whole-table run's dry-run SQL script."""
         return self.table_dir / f"repair-{run_id}.sql"

@@ -14,11 +14,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cdc_pipelines.errors import CdcPipelinesError, ReconcileError
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import new_run_id, render_script
 from cdc_pipelines.reconcile.diff_step import SliceOutcome, diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
-from cdc_pipelines.reconcile.repair_step import Repairer, RepairSettings, plan_verified_repair
+from cdc_pipelines.reconcile.repair_step import (
+    Repairer,
+    RepairSettings,
+    plan_verified_repair,
+    repair_verified,
+    unconfirmed_reason,
+)
 from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport, Tally
 from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR, ScratchLayout, read_candidates
 from cdc_pipelines.reconcile.verify_step import (
@@ -45,6 +52,7 @@ class ReconcileOptions:
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
     audit_detail: AuditDetail = AuditDetail.KEYS
+    repair_unconfirmed: bool = False  # repair although the sink's catch-up was not confirmed
 
     @property
     def wait(self) -> CatchUpWait:
@@ -52,7 +60,7 @@ class ReconcileOptions:
 
     @property
     def repair_settings(self) -> RepairSettings:
-        return RepairSettings(max(1, self.workers), self.audit_detail)
+        return RepairSettings(max(1, self.workers), self.audit_detail, self.repair_unconfirmed)
 
 
 class Progress(Protocol):
@@ -155,35 +163,62 @@ def run_reconciliation(
         if not planned:
             sql_out.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
         report.verification = verifier.detail
+        report.catch_up_confirmed = verifier.confirmed
         report.discrepancies_path = str(parquet)
         report.dry_run_sql_path = str(script)
         settled = 0
-        if options.repair and planned:
+        if options.repair and planned and not (verifier.confirmed or options.repair_unconfirmed):
+            report.repair_refused = unconfirmed_reason(verifier.detail)
+        elif options.repair and planned:
             progress.phase(f"{table.target}: repairing {report.confirmed} discrepancies")
-            settled = _repair_by_slice(
-                table, settings, options, verifier, run_id, report, candidate_files
-            )
-    report.remaining = max(0, report.confirmed - settled)
+            try:
+                settled = _repair_by_slice(
+                    table, options, verifier, run_id, report, candidate_files, settings
+                )
+            except CdcPipelinesError as exc:
+                report.duration_s = round(time.monotonic() - started, 3)
+                raise RepairInterrupted(exc, report, layout.partial_report(run_id)) from exc
+    report.remaining = max(0, report.confirmed - settled) + report.target_ahead
     report.duration_s = round(time.monotonic() - started, 3)
     return report
 
 
+class RepairInterrupted(ReconcileError):
+    """A repair that failed part-way; what it committed is in its partial report."""
+
+    def __init__(self, cause: CdcPipelinesError, report: ReconcileReport, path: Path) -> None:
+        report.repair_failed = str(cause)
+        path.write_text(report.to_json() + "\n")
+        super().__init__(
+            f"{cause}\nRepair of {report.table} stopped; what run {report.run_id} committed "
+            f"is in {path} and the audit tables. Repair what is left with: "
+            f"cdc-pipelines reconcile {report.table} --repair"
+        )
+        self.exit_code = cause.exit_code
+        self.report = report
+        self.path = path
+
+
 def _repair_by_slice(
     table: ReplicatedTable,
-    settings: ConnectionSettings,
     options: ReconcileOptions,
     verifier: CandidateVerifier,
     run_id: str,
     report: ReconcileReport,
     candidate_files: list[Path],
+    settings: ConnectionSettings,
 ) -> int:
     """Re-verify and repair each slice's candidates (fresh reads: time has passed since the
-    dry run); returns how many confirmed discrepancies were settled."""
-    settled = 0
+    dry run); returns how many confirmed discrepancies were settled. The report holds what
+    was committed even when a batch fails."""
     with Repairer(settings.postgres_dsn, run_id, options.repair_settings) as repairer:
-        for path in candidate_files:
-            verification = verifier.verify([read_candidates(path)])
-            plan = plan_verified_repair(table, verification, run_id)
-            if not plan.is_empty:
-                settled += report.add_repair(repairer.apply(plan))
-    return settled
+        try:
+            for path in candidate_files:
+                verification = verifier.verify([read_candidates(path)])
+                done = repair_verified(table, verification, repairer, verifier.read_source)
+                if done is not None:
+                    report.undone_after_source_delete += done.undone
+        finally:
+            settled = report.add_repair(repairer.totals())
+    # Rows taken back after a source delete were counted as deleted, not as settled twice.
+    return settled - report.undone_after_source_delete

@@ -3,8 +3,15 @@
 After the sink has caught up (:func:`cdc_pipelines.kafka.offsets.wait_until_caught_up`), each
 candidate key is re-read from the source (CQL, by primary key, with ``WRITETIME``; see
 :mod:`cdc_pipelines.scylla.key_reads`) and the
-target (PostgreSQL, by primary key) and reclassified: still different → confirmed; equal or
-gone from both → resolved; written after the scan's cut-off on either side → in flight.
+target (PostgreSQL, by primary key) and reclassified:
+
+- equal, or gone from both → resolved;
+- the source row written after the scan's cut-off, or the target row newer than the cut-off
+  while the source no longer has the key (a delete may still be on its way) → in flight;
+- different while the target row's version is ahead of the source row's → target ahead: no
+  change of the source explains it, repair's version guard will not overwrite it, and it is
+  reported on its own (a hand edit, another writer, or a sink writing a different version);
+- otherwise still different → confirmed (missing, extra or mismatched), for repair.
 
 Keys are tuples of primary-key values in ``TableSpec.primary_key`` order, as cassandra-driver
 takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` …).
@@ -19,7 +26,7 @@ from enum import StrEnum
 import pyarrow as pa
 
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.kafka.offsets import CatchUp
+from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
 from cdc_pipelines.postgres.key_reads import TargetRow
 from cdc_pipelines.postgres.repair import ExtraRow
 from cdc_pipelines.replicated_table import ReplicatedTable
@@ -36,12 +43,6 @@ class CandidateKind(StrEnum):
     MISSING = "missing"  # in the source, not in the target
     EXTRA = "extra"  # in the target, not in the source
     MISMATCHED = "mismatched"  # in both, with different values
-
-
-class Verdict(StrEnum):
-    CONFIRMED = "confirmed"
-    RESOLVED = "resolved"
-    IN_FLIGHT = "in_flight"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,15 @@ class VerificationResult:
     resolved: tuple[Key, ...]
     in_flight: tuple[Key, ...]
     catch_up: CatchUp | None = None
+    target_ahead: tuple[ConfirmedDiscrepancy, ...] = ()
+
+    @property
+    def catch_up_confirmed(self) -> bool:
+        """Whether the sink was shown (by its committed offsets) to have applied every change
+        the scan could see; without that, the verdicts may count rows still in flight."""
+        return self.catch_up is None or (
+            self.catch_up.caught_up and self.catch_up.method is CatchUpMethod.OFFSETS
+        )
 
     @property
     def confirmed_keys(self) -> tuple[Key, ...]:
@@ -165,7 +175,11 @@ def verify_discrepancies(
             read_target=read_target,
         )
     return VerificationResult(
-        tuple(verdicts.confirmed), tuple(verdicts.resolved), tuple(verdicts.in_flight), catch_up
+        tuple(verdicts.confirmed),
+        tuple(verdicts.resolved),
+        tuple(verdicts.in_flight),
+        catch_up,
+        tuple(verdicts.target_ahead),
     )
 
 
@@ -174,6 +188,7 @@ class _Verdicts:
     confirmed: list[ConfirmedDiscrepancy] = field(default_factory=list)
     resolved: list[Key] = field(default_factory=list)
     in_flight: list[Key] = field(default_factory=list)
+    target_ahead: list[ConfirmedDiscrepancy] = field(default_factory=list)
 
 
 def _verify_chunk(
@@ -208,23 +223,31 @@ def _verify_chunk(
             strict=True,
         )
     )
-    confirmed, resolved, in_flight = verdicts.confirmed, verdicts.resolved, verdicts.in_flight
     for i, key in enumerate(keys):
         source, target = sources[i], targets[i]
         target_version = target.version if target is not None else None
-        if (source is not None and source.version > cutoff_us) or (
-            target_version is not None and target_version > cutoff_us
-        ):
-            in_flight.append(key)
+        if source is not None and source.version > cutoff_us:
+            verdicts.in_flight.append(key)
         elif source is None and target is None:
-            resolved.append(key)
+            verdicts.resolved.append(key)
         elif source is None:
-            confirmed.append(ConfirmedDiscrepancy(key, CandidateKind.EXTRA, None, target_version))
+            if target_version is not None and target_version > cutoff_us:
+                verdicts.in_flight.append(key)
+            else:
+                verdicts.confirmed.append(
+                    ConfirmedDiscrepancy(key, CandidateKind.EXTRA, None, target_version)
+                )
         elif target is None:
-            confirmed.append(ConfirmedDiscrepancy(key, CandidateKind.MISSING, source, None))
-        elif differs[i]:
-            confirmed.append(
+            verdicts.confirmed.append(
+                ConfirmedDiscrepancy(key, CandidateKind.MISSING, source, None)
+            )
+        elif not differs[i]:
+            verdicts.resolved.append(key)
+        elif target_version is not None and target_version > source.version:
+            verdicts.target_ahead.append(
                 ConfirmedDiscrepancy(key, CandidateKind.MISMATCHED, source, target_version)
             )
         else:
-            resolved.append(key)
+            verdicts.confirmed.append(
+                ConfirmedDiscrepancy(key, CandidateKind.MISMATCHED, source, target_version)
+            )

@@ -253,7 +253,7 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(verify, "VERIFY_CHUNK", chunk)
-    for i in (1, 2, 3, 7, 8):
+    for i in (1, 2, 3, 7, 8, 9):
         write_source(cql_session, keyspace, i, T0)
     cql_session.execute(
         f"UPDATE {keyspace}.orders USING TIMESTAMP {T0 + 10} SET name = 'renamed' WHERE id = 1 AND ck = $$ck'1$$"
@@ -267,11 +267,11 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
 
     with psycopg.connect(postgres_dsn) as conn:
         read_target = partial(read_target_rows, conn, replicated(orders))
-        fresh = read_source([key(i) for i in (1, 2, 3, 7, 8)])
+        fresh = read_source([key(i) for i in (1, 2, 3, 7, 8, 9)])
         assert fresh[0] is not None and fresh[0].version == T0 + 10  # max WRITETIME of the row
         at = fresh[0].values[upsert_layout(orders, VERSION).index("at")]
         assert isinstance(at, dt.datetime) and at.tzinfo is not None
-        # The target as the sink left it: rows 2, 3, 7, 8 written by repair itself, then drifted.
+        # The target as the sink left it: rows 2, 3, 7, 8, 9 written by repair, then drifted.
         seed = plan_repair(replicated(orders), [r.values for r in fresh[1:] if r is not None])
         apply_repair(conn, seed, audit=audit)
         extra = plan_repair(
@@ -282,7 +282,9 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
         apply_repair(conn, extra, audit=audit)
         target_update(postgres_dsn, orders, 2, "name = %s", "drifted")
         target_update(postgres_dsn, orders, 7, "score = score + %s", 1e-9)  # within float_abs
-        target_update(postgres_dsn, orders, 8, f"{VERSION} = %s", T0 + 2_000)  # newer than the scan
+        target_update(postgres_dsn, orders, 8, f"{VERSION} = %s", T0 + 2_000)  # same values
+        # Changed by hand and stamped newer than the source: no source change explains it.
+        target_update(postgres_dsn, orders, 9, f"name = %s, {VERSION} = %s", "edited", T0 + 2_000)
 
         candidates = [
             Candidate(key(1), CandidateKind.MISSING),
@@ -293,6 +295,7 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
             Candidate(key(6), CandidateKind.MISSING),  # gone from both
             Candidate(key(7), CandidateKind.MISMATCHED),
             Candidate(key(8), CandidateKind.MISMATCHED),
+            Candidate(key(9), CandidateKind.MISMATCHED),
             Candidate(key(1), CandidateKind.MISSING),  # duplicates are verified once
         ]
         result = verify_discrepancies(
@@ -303,15 +306,17 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
             read_target=read_target,
         )
 
-        assert asked[1:] == ([3, 3, 2] if chunk == 3 else [8])  # 8 distinct keys, in chunks
+        assert asked[1:] == ([3, 3, 3] if chunk == 3 else [9])  # 9 distinct keys, in chunks
         kinds = {c.key[0]: c.kind for c in result.confirmed}
         assert kinds == {
             1: CandidateKind.MISSING,
             2: CandidateKind.MISMATCHED,
             5: CandidateKind.EXTRA,
         }
-        assert sorted(k[0] for k in result.resolved) == [3, 6, 7]  # type: ignore[type-var]
-        assert sorted(k[0] for k in result.in_flight) == [4, 8]  # type: ignore[type-var]
+        # Only the version moved: the data agrees.
+        assert sorted(k[0] for k in result.resolved) == [3, 6, 7, 8]  # type: ignore[type-var]
+        assert [k[0] for k in result.in_flight] == [4]  # written after the cut-off
+        assert [(c.key[0], c.target_version) for c in result.target_ahead] == [(9, T0 + 2_000)]
         assert [r[0] for r in result.insert_rows] == [1]  # absent from the target
         assert result.insert_rows[0][2] == "renamed"
         assert [r[0] for r in result.upsert_rows] == [2]  # present but different
@@ -325,7 +330,7 @@ def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
 
         again = verify_discrepancies(
             replicated(orders),
-            [c for c in candidates if c.key != key(8)],
+            [c for c in candidates if c.key not in (key(8), key(9))],
             cutoff_us=CUTOFF,
             read_source=read_source,
             read_target=read_target,

@@ -447,7 +447,8 @@ def _failure(settings: _ApplySettings, batch: _Batch, exc: Exception, what: str)
         f"repair of table {settings.plan.target_name} failed in batch {batch.number} of "
         f"{settings.total_batches} ({batch.kind.value}, {len(batch.rows)} rows, run "
         f"{settings.run_id!r}): {what}: {exc}. The batch was rolled back; earlier batches stay "
-        f"committed. Fix the cause and rerun apply_repair with run id {settings.run_id!r} to resume."
+        "committed (audited under the run id). Fix the cause and repair again: a new run "
+        "re-verifies and repairs what is left."
     )
 
 

@@ -1,0 +1,207 @@
+"""Verdicts that can be trusted, on a table replicated through the real streaming path.
+
+A reconciliation must never end clean while the target is wrong: a target row ahead of the
+source is reported on every run, an unconfirmed catch-up repairs nothing, a key the source
+deletes during repair stays deleted, and a repair that stops part-way says what it committed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from cdc_pipelines.reconcile.diff_step import diff_table_slice
+from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
+from cdc_pipelines.reconcile.repair_step import Repairer, repair_verified
+from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
+from cdc_pipelines.reconcile.table_run import (
+    ReconcileOptions,
+    RepairInterrupted,
+    run_reconciliation,
+)
+from cdc_pipelines.reconcile.verify_step import CandidateVerifier, CatchUpWait
+from cdc_pipelines.replicated_table import resolve_spec
+from cdc_pipelines.ring.slices import slice_ids
+from cdc_pipelines.scylla.emulated_source import now_us
+from cdc_pipelines_tests.declarations import all_types_yaml
+from cdc_pipelines_tests.e2e.test_streaming_path import row
+
+UNREACHABLE_KAFKA = "127.0.0.1:1"
+REGIONS = ("eu-west", "us-east", "ap-south")  # as the `replicated` fixture writes them
+MAX_STDERR_LINES = 15  # progress and one line per finding; librdkafka must not flood it
+
+
+def options(tmp_path: Path, **changes: object) -> ReconcileOptions:
+    base = ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0)
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def run_sql(dsn: str, schema: str, statement: str, *params: object) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL(statement).format(s=sql.Identifier(schema)), params or None)
+
+
+def present(dsn: str, schema: str, ids: list[int]) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(
+            sql.SQL("SELECT id FROM {}.all_types WHERE id = ANY(%s) ORDER BY id").format(
+                sql.Identifier(schema)
+            ),
+            (ids,),
+        ).fetchall()
+    return [r[0] for r in found]
+
+
+def test_target_rows_ahead_of_the_source_are_reported_on_every_run(
+    replicated, settings, tmp_path, postgres_dsn
+):
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    ahead = list(range(20, 27))
+    # Changed values stamped newer than the source: hand edits, or another writer.
+    run_sql(
+        postgres_dsn,
+        spec.target_schema,
+        "UPDATE {s}.all_types SET c_text = 'edited', _cdc_version_us = _cdc_version_us + 1000 "
+        "WHERE id = ANY(%s)",
+        ahead,
+    )
+    for attempt in (options(tmp_path), options(tmp_path, repair=True), options(tmp_path)):
+        report = run_reconciliation(table, settings, attempt)
+        assert (report.target_ahead, report.mismatched, report.in_flight) == (7, 0, 0)
+        assert report.remaining == 7 and not report.settled
+    recorded = json.loads(report.to_json())
+    assert recorded["target_ahead"] == 7
+
+
+def test_an_unreachable_broker_repairs_nothing_and_says_so_in_one_line(
+    replicated, tmp_path, postgres_dsn, unique_name
+):
+    _config, spec, _, _ = replicated
+    run_sql(postgres_dsn, spec.target_schema, "DELETE FROM {s}.all_types WHERE id < 3")
+    declaration = tmp_path / "pipeline.yaml"
+    declaration.write_text(all_types_yaml(unique_name))
+    env = {**os.environ, "CDC_KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA}
+    command = [sys.executable, "-m", "cdc_pipelines.cli", "reconcile", spec.source]
+    command += ["--config", str(declaration), "--scratch", str(tmp_path), "--workers", "1"]
+    command += ["--settle-seconds", "0", "--report", str(tmp_path / "report.json")]
+    refused = subprocess.run([*command, "--repair"], capture_output=True, text=True, env=env)
+
+    assert refused.returncode == 1, refused.stderr
+    assert len(refused.stderr.splitlines()) <= MAX_STDERR_LINES, refused.stderr
+    assert "not repaired: the sink's catch-up is unconfirmed" in refused.stderr
+    assert UNREACHABLE_KAFKA in refused.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["missing"] == 3 and report["repaired"] == {"upserted": 0, "deleted": 0}
+    assert report["catch_up_confirmed"] is False
+    assert present(postgres_dsn, spec.target_schema, [0, 1, 2]) == []
+
+    forced = subprocess.run(
+        [*command, "--repair-unconfirmed"], capture_output=True, text=True, env=env
+    )
+    assert forced.returncode == 1, forced.stderr  # repaired, but the verdicts stay unsure
+    assert json.loads((tmp_path / "report.json").read_text())["repaired"]["upserted"] == 3
+    assert present(postgres_dsn, spec.target_schema, [0, 1, 2]) == [0, 1, 2]
+
+
+def test_a_sink_that_does_not_catch_up_blocks_repair_until_asked(
+    replicated, settings, tmp_path, postgres_dsn
+):
+    config, spec, source, _ = replicated
+    table = resolve_spec(config, spec)
+    run_sql(postgres_dsn, spec.target_schema, "DELETE FROM {s}.all_types WHERE id < 3")
+    # The fixture's sink is gone, so this change stays in the topic: the group never passes it.
+    source.upsert([row(10_000)], now_us())
+    source.flush()
+    stalled = options(tmp_path, repair=True, verify_timeout_s=2.0)
+    report = run_reconciliation(table, settings, stalled)
+    assert not report.catch_up_confirmed and "still behind" in report.verification
+    assert report.repair_refused and report.repaired == {"upserted": 0, "deleted": 0}
+    assert not report.settled
+
+    forced = run_reconciliation(
+        table, settings, dataclasses.replace(stalled, repair_unconfirmed=True)
+    )
+    assert forced.repaired["upserted"] >= 3
+    assert present(postgres_dsn, spec.target_schema, [0, 1, 2]) == [0, 1, 2]
+
+
+def test_a_key_deleted_at_the_source_between_verification_and_repair_stays_deleted(
+    replicated, settings, tmp_path, postgres_dsn, cql_session
+):
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    gone = [40, 41, 42]
+    run_sql(postgres_dsn, spec.target_schema, "DELETE FROM {s}.all_types WHERE id = ANY(%s)", gone)
+    layout = ScratchLayout(tmp_path, table.source)
+    build_index(table, settings, layout)
+    with CandidateVerifier(table, settings, ScanMarker.read(layout), CatchUpWait(0)) as verifier:
+        for slice_id in slice_ids(table.slices):
+            diff_table_slice(table, slice_id, settings, layout)
+        verifications = [
+            verifier.verify([read_candidates(layout.candidates(s))])
+            for s in slice_ids(table.slices)
+        ]
+        assert sorted(c.key[0] for v in verifications for c in v.confirmed) == gone
+        # The seam: the source deletes the keys after they were verified missing (the sink,
+        # had it run, would find nothing to delete in the target).
+        for key in gone:
+            cql_session.execute(
+                f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
+                (key, REGIONS[key % len(REGIONS)]),
+            )
+        undone = 0
+        with Repairer(settings.postgres_dsn, "race-test") as repairer:
+            for verification in verifications:
+                done = repair_verified(table, verification, repairer, verifier.read_source)
+                undone += done.undone if done else 0
+    assert undone == len(gone)
+    assert present(postgres_dsn, spec.target_schema, gone) == []
+
+
+def test_a_repair_that_stops_part_way_reports_what_it_committed_and_a_rerun_finishes(
+    replicated, settings, tmp_path, postgres_dsn
+):
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    schema = spec.target_schema
+    missing = list(range(50, 56))
+    run_sql(postgres_dsn, schema, "DELETE FROM {s}.all_types WHERE id = ANY(%s)", missing)
+    run_sql(  # rows the source never had: repair deletes them, and the trigger refuses that
+        postgres_dsn,
+        schema,
+        'INSERT INTO {s}.all_types (id, region, "order", _cdc_version_us) '
+        "SELECT i, 'nowhere', 0, 1 FROM generate_series(90000, 90002) AS i",
+    )
+    run_sql(
+        postgres_dsn,
+        schema,
+        "CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN RAISE EXCEPTION 'deletes refused for this test'; END$$; "
+        "CREATE TRIGGER refuse BEFORE DELETE ON {s}.all_types "
+        "FOR EACH ROW EXECUTE FUNCTION {s}.refuse()",
+    )
+    with pytest.raises(RepairInterrupted) as stopped:
+        run_reconciliation(table, settings, options(tmp_path, repair=True))
+    assert stopped.value.exit_code == 3
+    assert "cdc-pipelines reconcile" in str(stopped.value) and "--repair" in str(stopped.value)
+    partial = json.loads(stopped.value.path.read_text())
+    assert partial["repair_failed"] and "deletes refused" in partial["repair_failed"]
+    # The partial report counts exactly what reached the table.
+    restored = present(postgres_dsn, schema, missing)
+    assert partial["repaired"]["upserted"] == len(restored)
+
+    run_sql(postgres_dsn, schema, "DROP TRIGGER refuse ON {s}.all_types")
+    finished = run_reconciliation(table, settings, options(tmp_path, repair=True))
+    assert finished.settled and finished.extra == 3
+    again = run_reconciliation(table, settings, options(tmp_path))
+    assert again.confirmed == 0 and again.settled
+    assert present(postgres_dsn, schema, missing) == missing
