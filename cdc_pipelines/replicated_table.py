@@ -9,13 +9,14 @@ the Dagster layer pass around instead of ``(config, table)`` pairs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cdc_pipelines.config import (
     MAX_SLICE_COUNT,
     LagSlo,
     PipelineConfig,
     ScyllaConnection,
+    SecretsConfig,
     TableSpec,
     Tolerances,
 )
@@ -37,7 +38,11 @@ class ReplicatedTable:
     sink_name: str
     dlq_topic: str
     scylla: ScyllaConnection
+    secrets: SecretsConfig  # where Connect reads credentials and the mask salt
     canonical: CanonicalSchema
+    # The salt of hashed columns, loaded from the secrets when a run needs it
+    # (connect.secrets.with_mask_salt); never printed.
+    mask_salt: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def source(self) -> str:
@@ -87,6 +92,7 @@ def resolve_spec(config: PipelineConfig, spec: TableSpec) -> ReplicatedTable:
         sink_name=config.sink_name_for(spec),
         dlq_topic=config.dlq_topic_for(spec),
         scylla=config.scylla,
+        secrets=config.connectors.secrets,
         canonical=CanonicalSchema.from_table(
             spec,
             version_column=version_column,

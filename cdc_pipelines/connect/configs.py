@@ -54,7 +54,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cdc_pipelines.config import MaskMode, PipelineConfig, SecretsConfig, TableSpec
 from cdc_pipelines.errors import ConfigError
-from cdc_pipelines.postgres.types import JSON_PG_TYPE, STRING_CARRIED, column_pg_type, pg_type
+from cdc_pipelines.postgres.types import JSON_PG_TYPE, column_pg_type, pg_type
+from cdc_pipelines.rows.connector_form import STRING_CARRIED
 from cdc_pipelines.settings import DEFAULT_SCYLLA_CONTACT_POINTS, DEFAULT_SCYLLA_PORT
 
 SCYLLA_CONNECTOR_CLASS = "com.scylladb.cdc.debezium.connector.ScyllaConnector"

@@ -80,6 +80,7 @@ from types import MappingProxyType
 
 from cdc_pipelines.config import ColumnSpec, TableSpec
 from cdc_pipelines.cqltypes import CqlType
+from cdc_pipelines.rows.connector_form import STRING_CARRIED
 
 VERSION_COLUMN_PG_TYPE = "bigint"
 JSON_PG_TYPE = "jsonb"
@@ -127,10 +128,6 @@ _SCALARS: Mapping[str, PgType] = MappingProxyType(
     }
 )
 
-# CQL scalars the connector sends as a Connect STRING.
-STRING_CARRIED = frozenset(
-    {"text", "ascii", "varchar", "uuid", "timeuuid", "varint", "decimal", "inet", "duration"}
-)
 # Elements whose Connect array the sink binds as a native PostgreSQL array of the same type.
 _NATIVE_ARRAY_ELEMENTS = frozenset(
     {"int", "bigint", "counter", "smallint", "tinyint", "float", "double", "boolean", "time"}

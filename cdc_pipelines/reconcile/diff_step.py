@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
+from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, write_candidates
@@ -98,6 +99,7 @@ def diff_table_slice(
 ) -> SliceOutcome:
     """Read the slice from the source, diff it against the target index, store the candidates."""
     started = time.monotonic()
+    table = with_mask_salt(table)
     schema = table.canonical
     token_slice = slice_by_id(slice_id, table.slices)
     source = read_source_slice(table, slice_id, settings, on_rows)

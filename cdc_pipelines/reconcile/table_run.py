@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.errors import CdcPipelinesError, ReconcileError
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import new_run_id, render_script
@@ -130,6 +131,7 @@ def run_reconciliation(
     """
     progress = progress or _Silent()
     started = time.monotonic()
+    table = with_mask_salt(table)  # once, before the slice workers get the table
     layout = ScratchLayout(options.scratch, table.source)
     progress.phase(f"{table.target}: building the target index")
     build_index(table, settings, layout)

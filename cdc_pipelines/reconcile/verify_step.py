@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
+from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.kafka.offsets import (
     CatchUp,
     CatchUpMethod,
@@ -61,7 +62,8 @@ class CandidateVerifier:
         scan: ScanMarker,
         wait: CatchUpWait = CatchUpWait(),
     ) -> None:
-        self.table, self.settings, self.scan, self.wait = table, settings, scan, wait
+        self.table, self.settings = with_mask_salt(table), settings
+        self.scan, self.wait = scan, wait
         self.catch_up: CatchUp | None = None
         self._stack = ExitStack()
         self._session: Any = None

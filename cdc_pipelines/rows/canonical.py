@@ -108,9 +108,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from cdc_pipelines.config import TableSpec, Tolerances
+from cdc_pipelines.config import ColumnSpec, TableSpec, Tolerances
 from cdc_pipelines.cqltypes import CqlType, parse_cql_type
 from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.rows.mask import masked_type
 
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 TIME_TYPE = pa.time64("ns")
@@ -223,7 +224,7 @@ class CanonicalSchema:
         columns = [
             *(_column(table, n, ColumnRole.PARTITION_KEY) for n in table.partition_key),
             *(_column(table, n, ColumnRole.CLUSTERING_KEY) for n in table.clustering_key),
-            *(_column(table, c.name, ColumnRole.COMPARED) for c in table.compared_columns),
+            *(_column(table, c.name, ColumnRole.COMPARED) for c in _compared(table)),
             CanonicalColumn(version_column, CqlType("bigint"), ColumnRole.VERSION, VERSION_TYPE),
         ]
         precision = str((tolerances or Tolerances()).timestamp_precision)
@@ -285,8 +286,16 @@ class CanonicalSchema:
         )
 
 
+def _compared(table: TableSpec) -> tuple[ColumnSpec, ...]:
+    """Non-key replicated columns, masked ones included: they compare as the mask leaves them."""
+    keys = set(table.primary_key)
+    return tuple(c for c in table.replicated_columns if c.name not in keys)
+
+
 def _column(table: TableSpec, name: str, role: ColumnRole) -> CanonicalColumn:
     cql_type = table.column(name).cql_type
+    if name in table.mask:
+        cql_type = masked_type(cql_type)
     return CanonicalColumn(name, cql_type, role, canonical_arrow_type(cql_type))
 
 

@@ -20,6 +20,10 @@ from typing import Any
 from cdc_pipelines.cqltypes import CqlType, parse_cql_type
 from cdc_pipelines.errors import ConfigError
 
+# CQL scalars the connector sends as a Connect STRING.
+STRING_CARRIED = frozenset(
+    {"text", "ascii", "varchar", "uuid", "timeuuid", "varint", "decimal", "inet", "duration"}
+)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 EPOCH_DATE = dt.date(1970, 1, 1)
 

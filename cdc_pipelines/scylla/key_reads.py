@@ -26,8 +26,9 @@ from cdc_pipelines.config import ColumnSpec, TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.rows.layout import written_columns
-from cdc_pipelines.scylla.reader import NO_VERSION, has_cell_timestamp
+from cdc_pipelines.rows.layout import version_columns, written_columns
+from cdc_pipelines.rows.mask import mask_row
+from cdc_pipelines.scylla.reader import NO_VERSION
 from cdc_pipelines.scylla.session import quote_cql
 
 DEFAULT_CONCURRENCY = 32
@@ -191,17 +192,11 @@ def _requests(plan: _Plan) -> int:
 
 
 class _Statements:
-    def __init__(self, table: TableSpec) -> None:
-        self.table = table
+    def __init__(self, table: TableSpec, mask_salt: bytes | None) -> None:
+        self.table, self.mask_salt = table, mask_salt
         self.columns: list[ColumnSpec] = list(written_columns(table))
-        keys = set(table.primary_key)
-        stamped = [
-            c.name
-            for c in self.columns
-            if c.name not in keys
-            and has_cell_timestamp(c.cql_type)
-            and c.cql_type.name != "counter"
-        ]
+        self.names = [c.name for c in self.columns]
+        stamped = [c.name for c in version_columns(table)]
         selected = [quote_cql(c.name) for c in self.columns] + [
             f"WRITETIME({quote_cql(n)})" for n in stamped
         ]
@@ -225,7 +220,7 @@ class _Statements:
         stamps = [int(s) for s in values[width:] if s is not None]  # type: ignore[call-overload]
         version = max(stamps) if stamps else NO_VERSION
         data = [_aware(v, c.cql_type) for v, c in zip(values[:width], self.columns, strict=True)]
-        return SourceRow((*data, version))
+        return SourceRow((*mask_row(self.table, self.names, data, self.mask_salt), version))
 
 
 def _execute(session: Session, cql: str, arguments: list[tuple[Any, ...]], concurrency: int) -> Any:
@@ -257,7 +252,7 @@ def read_source_rows(
                 f"table {table.source}: key {key!r} does not give every primary-key column "
                 f"({', '.join(table.primary_key)})"
             )
-    statements = _Statements(table)
+    statements = _Statements(table, replicated.mask_salt)
     plan = _plan(table, keys)
     singles = list(range(len(keys))) if plan is None else plan.singles
     rows: list[SourceRow | None] = [None] * len(keys)

@@ -8,18 +8,19 @@ non-key columns (``WRITETIME``), whose maximum becomes the row's version in µs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 
 from cdc_pipelines.config import TableSpec
-from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import TokenRange, TokenSlice, cql_token_bounds
-from cdc_pipelines.rows.canonical import CanonicalSchema, from_python_rows
+from cdc_pipelines.rows.canonical import from_python_rows
+from cdc_pipelines.rows.layout import version_columns
+from cdc_pipelines.rows.mask import mask_row
 from cdc_pipelines.scylla.session import quote_cql
 
 DEFAULT_SUBRANGES_PER_SLICE = 16
@@ -27,42 +28,39 @@ ROWS_PER_BATCH = 50_000
 NO_VERSION = 0
 
 
-def has_cell_timestamp(cql_type: CqlType) -> bool:
-    """WRITETIME applies to single cells: scalars and frozen values, not multi-cell collections."""
-    return cql_type.is_scalar or cql_type.frozen
-
-
 @dataclass(frozen=True)
 class SourceQuery:
     """The CQL that reads one token range of a table, and how its rows map to canonical rows."""
 
     cql: str
-    selected: int
+    names: tuple[str, ...]  # the canonical columns selected, version excluded
     timestamped: int
+    spec: TableSpec
+    mask_salt: bytes | None = field(default=None, repr=False)
 
     @classmethod
-    def for_table(cls, table: TableSpec, schema: CanonicalSchema) -> SourceQuery:
-        canonical = [c.name for c in schema.columns if c.name != schema.version_column]
-        key_names = set(table.primary_key)
-        stamped = [
-            c.name
-            for c in table.replicated_columns
-            if c.name not in key_names and has_cell_timestamp(c.cql_type)
-        ]
-        partition = ", ".join(quote_cql(n) for n in table.partition_key)
+    def for_table(cls, table: ReplicatedTable) -> SourceQuery:
+        spec, schema = table.spec, table.canonical
+        canonical = tuple(c.name for c in schema.columns if c.name != schema.version_column)
+        stamped = [c.name for c in version_columns(spec)]
+        partition = ", ".join(quote_cql(n) for n in spec.partition_key)
         columns = [quote_cql(n) for n in canonical] + [
             f"WRITETIME({quote_cql(n)})" for n in stamped
         ]
         cql = (
-            f"SELECT {', '.join(columns)} FROM {quote_cql(table.keyspace)}.{quote_cql(table.table)} "
+            f"SELECT {', '.join(columns)} FROM {quote_cql(spec.keyspace)}.{quote_cql(spec.table)} "
             f"WHERE token({partition}) > ? AND token({partition}) <= ?"
         )
-        return cls(cql=cql, selected=len(canonical), timestamped=len(stamped))
+        return cls(cql, canonical, len(stamped), spec, table.mask_salt)
 
     def canonical_row(self, row: Sequence[object]) -> list[object]:
-        stamps = [t for t in row[self.selected :] if t is not None]
+        selected = len(self.names)
+        stamps = [t for t in row[selected:] if t is not None]
         version = max(stamps) if stamps else NO_VERSION  # type: ignore[type-var]
-        return [*row[: self.selected], version]
+        values = row[:selected]
+        if self.spec.mask:
+            values = mask_row(self.spec, self.names, values, self.mask_salt)
+        return [*values, version]
 
 
 def read_ranges(
@@ -78,7 +76,7 @@ def read_ranges(
     """
     table, schema = replicated.spec, replicated.canonical
     concurrency, fetch_size = replicated.scylla.concurrency, replicated.scylla.fetch_size
-    query = SourceQuery.for_table(table, schema)
+    query = SourceQuery.for_table(replicated)
     try:
         statement = session.prepare(query.cql)
     except Exception as exc:  # InvalidRequest names the unknown column or table

@@ -7,6 +7,7 @@ test's own keyspace, schema and topics, so the demo's tables are left alone.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -73,3 +74,31 @@ def test_every_shipped_table_reconciles_with_no_discrepancy(shipped, settings, t
         found = (report.missing, report.extra, report.mismatched, report.target_ahead)
         assert found == (0, 0, 0, 0), (table.source, report.slices)
         assert report.settled, report.to_json()
+
+
+def test_masked_columns_are_compared_and_repaired_as_the_stream_masks_them(
+    shipped, settings, tmp_path, postgres_dsn
+):
+    """``demo.orders`` hashes ``email`` in a Connect transform: repair must write the same hash
+    the sink wrote (never NULL), and a tampered hash must count as a mismatch."""
+    (orders,) = [t for t in resolve_all(shipped) if t.spec.table == "orders"]
+    assert "email" in orders.spec.mask
+    target = f'"{orders.spec.target_schema}"."{orders.spec.target_table}"'
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        streamed = dict(conn.execute(f'SELECT "order", email FROM {target}').fetchall())
+        assert all(len(v) == 64 for v in streamed.values())  # hex SHA-256, not the address
+        conn.execute(
+            f'DELETE FROM {target} WHERE "order" IN (SELECT "order" FROM {target} LIMIT 50)'
+        )
+    dry = ReconcileOptions(scratch=tmp_path, workers=1, settle_seconds=0)
+    repaired = run_reconciliation(orders, settings, dataclasses.replace(dry, repair=True))
+    assert repaired.missing == 50 and repaired.settled
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        restored = dict(conn.execute(f'SELECT "order", email FROM {target}').fetchall())
+        assert restored == streamed  # the very hashes the sink wrote
+        conn.execute(
+            f"UPDATE {target} SET email = 'tampered' "
+            f'WHERE "order" IN (SELECT "order" FROM {target} LIMIT 5)'
+        )
+    tampered = run_reconciliation(orders, settings, dry)
+    assert (tampered.mismatched, tampered.missing, tampered.extra) == (5, 0, 0)
