@@ -7,13 +7,18 @@ for verification; the counts are the hash diff's, before any re-read.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
+from cassandra.cluster import Session
 
+from cdc_pipelines.config import ScyllaConnection
 from cdc_pipelines.connect.secrets import with_mask_salt
+from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, write_candidates
@@ -21,11 +26,20 @@ from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id
 from cdc_pipelines.rows.canonical import CanonicalSchema
 from cdc_pipelines.scylla.reader import read_slice
-from cdc_pipelines.scylla.session import cql_session
+from cdc_pipelines.scylla.session import cql_session, is_connection_failure
 from cdc_pipelines.settings import ConnectionSettings
 
 KIND_COLUMN = "kind"
 DIFFERING_COLUMN = "differing_columns"
+SLICE_READ_ATTEMPTS = 3
+"""Reads of a slice whose connection fails, the first one included, before the run gives up."""
+SLICE_RETRY_BACKOFF_S = 1.0
+"""The wait before the n-th new read of a slice is n times this."""
+
+SessionFactory = Callable[
+    [ConnectionSettings, ScyllaConnection | None], AbstractContextManager[Session]
+]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,10 +98,59 @@ def read_source_slice(
     slice_id: str,
     settings: ConnectionSettings,
     on_rows: Callable[[int], None] | None = None,
+    *,
+    session_factory: SessionFactory = cql_session,
 ) -> pa.Table:
-    """The slice's source rows in canonical form."""
-    with cql_session(settings, table.scylla) as session:
-        return read_slice(session, table, slice_by_id(slice_id, table.slices), on_rows=on_rows)
+    """The slice's source rows in canonical form.
+
+    When the read fails because its connection did (shut down, timed out, no host left: see
+    ``scylla.session.is_connection_failure``), the whole slice is read again on a new session
+    from ``session_factory``, up to :data:`SLICE_READ_ATTEMPTS` reads in all, each retry
+    logged at WARNING; then a :class:`ServiceError` names the table, the slice and the fix.
+    Any other failure (a value that cannot be read, a query the server refuses) ends the read
+    at once. ``on_rows`` hears of each row once: a new read reports only the rows beyond
+    those the failed one reported.
+    """
+    token_slice = slice_by_id(slice_id, table.slices)
+    reported = 0
+    last_failure = ""
+    for attempt in range(1, SLICE_READ_ATTEMPTS + 1):
+        read = 0
+
+        def count(rows: int) -> None:
+            nonlocal read, reported
+            read += rows
+            if on_rows is not None and read > reported:
+                on_rows(read - reported)
+                reported = read
+
+        try:
+            with session_factory(settings, table.scylla) as session:
+                return read_slice(session, table, token_slice, on_rows=count)
+        except Exception as exc:  # the driver's and the reader's; only connection failures retry
+            if not is_connection_failure(exc):
+                raise
+            last_failure = str(exc) or type(exc).__name__
+            if attempt < SLICE_READ_ATTEMPTS:
+                delay = SLICE_RETRY_BACKOFF_S * attempt
+                logger.warning(
+                    "%s: slice %s: the connection failed on read %d of %d (%s); reading the "
+                    "slice again on a new session in %g s",
+                    table.source,
+                    slice_id,
+                    attempt,
+                    SLICE_READ_ATTEMPTS,
+                    last_failure,
+                    delay,
+                )
+                time.sleep(delay)
+    raise ServiceError(
+        f"{table.source}: slice {slice_id} (tokens ({token_slice.start}, {token_slice.end}]) "
+        f"could not be read: its connection failed on all {SLICE_READ_ATTEMPTS} attempts "
+        f"(last: {last_failure}); check that the CQL endpoint is up and reachable "
+        "(CDC_SCYLLA_CONTACT_POINTS, CDC_SCYLLA_PORT), that it speaks scylla.protocol_version, "
+        "and lower scylla.concurrency if it is overloaded; then run the reconciliation again"
+    )
 
 
 def diff_table_slice(

@@ -31,9 +31,11 @@ from cdc_pipelines.postgres.repair import (
 )
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
-from cdc_pipelines.reconcile.verify import SourceReader, VerificationResult
-from cdc_pipelines.reconcile.verify_step import CandidateVerifier
+from cdc_pipelines.reconcile.verify import VerificationResult
+from cdc_pipelines.reconcile.verify_step import CandidateVerifier, Presence, merge, slice_rows
 from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.ring.slices import slice_by_id
+from cdc_pipelines.rows.keys import Key
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_REPAIR_CONNECTIONS = 2
@@ -132,30 +134,45 @@ class VerifiedRepair:
     undone: int  # rows written for keys the source deleted meanwhile, removed again
 
 
-def repair_verified(
-    table: ReplicatedTable,
-    verification: VerificationResult,
-    repairer: Repairer,
-    read_source: SourceReader,
+@dataclass(frozen=True)
+class PlannedChunk:
+    """One chunk's checked repair plan, and the source keys and versions it writes (so the
+    keys the source deletes before the commit can be taken back)."""
+
+    plan: RepairPlan
+    written: tuple[tuple[Key, int], ...]
+
+
+def plan_chunk(
+    table: ReplicatedTable, verification: VerificationResult, run_id: str
+) -> PlannedChunk:
+    """Plan one chunk's repair (every value checked and converted here, before any write)."""
+    written = tuple(
+        (c.key, c.source.version) for c in verification.confirmed if c.source is not None
+    )
+    return PlannedChunk(plan_verified_repair(table, verification, run_id), written)
+
+
+def apply_planned(
+    table: ReplicatedTable, chunk: PlannedChunk, repairer: Repairer, source_has: Presence
 ) -> VerifiedRepair | None:
-    """Apply the repair of ``verification``, then take back what the source deleted meanwhile.
+    """Apply a planned chunk, then take back what the source deleted meanwhile.
 
     Between the re-read and the commit, the source may delete a key and the sink apply that
-    delete; repair would then bring the row back. So the written keys are read from the
+    delete; repair would then bring the row back. So the written keys are checked at the
     source once more after the batches commit, and those gone are deleted again under the
     version guard (only a row at most as new as the one repair wrote is removed).
     None when there is nothing to repair.
     """
-    plan = plan_verified_repair(table, verification, repairer.run_id)
-    if plan.is_empty:
+    if chunk.plan.is_empty:
         return None
-    outcome = repairer.apply(plan)
-    written = [c for c in verification.confirmed if c.source is not None]
-    fresh = read_source([c.key for c in written]) if written else []
+    outcome = repairer.apply(chunk.plan)
+    keys = [key for key, _ in chunk.written]
+    still = source_has(keys) if keys else []
     gone = [
-        ExtraRow(c.key, c.source.version)
-        for c, now in zip(written, fresh, strict=True)
-        if now is None and c.source is not None
+        ExtraRow(key, version)
+        for (key, version), present in zip(chunk.written, still, strict=True)
+        if not present
     ]
     undone = 0
     if gone:
@@ -166,6 +183,18 @@ def repair_verified(
         )
         undone = repairer.apply(plan_repair(table, [], gone, run_id=repairer.run_id)).deleted
     return VerifiedRepair(outcome, undone)
+
+
+def repair_verified(
+    table: ReplicatedTable,
+    verification: VerificationResult,
+    repairer: Repairer,
+    source_has: Presence,
+) -> VerifiedRepair | None:
+    """Plan and apply one verification's repair (see :func:`apply_planned`)."""
+    return apply_planned(
+        table, plan_chunk(table, verification, repairer.run_id), repairer, source_has
+    )
 
 
 @dataclass(frozen=True)
@@ -204,8 +233,12 @@ def repair_slice(
     """
     run_id = new_run_id()
     candidates = read_candidates(layout.candidates(slice_id))
+    token_slice = slice_by_id(slice_id, table.slices)
+    rows = slice_rows(layout, slice_id)
     with CandidateVerifier(table, settings, ScanMarker.read(layout)) as verifier:
-        verification = verifier.verify([candidates])
+        verification = merge(
+            list(verifier.verify_in_chunks(candidates, token_slice, rows)), verifier.catch_up
+        )
         plan = plan_verified_repair(table, verification, run_id)
         sql_path = layout.slice_repair_script(slice_id, run_id)
         sql_path.write_text(render_script(plan))
@@ -214,8 +247,9 @@ def repair_slice(
         if not verifier.confirmed and not repair.allow_unconfirmed:
             refused = unconfirmed_reason(verifier.detail)
             return SliceRepair(verification, plan, sql_path, None, refused=refused)
+        presence = verifier.source_presence(token_slice, rows)
         with Repairer(settings.postgres_dsn, run_id, repair) as repairer:
-            done = repair_verified(table, verification, repairer, verifier.read_source)
+            done = repair_verified(table, verification, repairer, presence)
     if done is None:
         return SliceRepair(verification, plan, sql_path, None)
     return SliceRepair(verification, plan, sql_path, done.outcome, undone=done.undone)

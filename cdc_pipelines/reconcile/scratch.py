@@ -56,6 +56,10 @@ class ScratchLayout:
         """A whole-table run's confirmed discrepancies (Parquet)."""
         return self.table_dir / f"discrepancies-{run_id}.parquet"
 
+    def planned_chunks(self, run_id: str) -> Path:
+        """Where a repair keeps its checked plans until every chunk is planned."""
+        return self.table_dir / f"plans-{run_id}"
+
     def partial_report(self, run_id: str) -> Path:
         """The report of a whole-table repair that stopped part-way."""
         return self.table_dir / f"report-{run_id}.partial.json"

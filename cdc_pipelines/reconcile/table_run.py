@@ -8,8 +8,11 @@ run with nothing changed; memory follows one slice's candidates, not the table's
 from __future__ import annotations
 
 import multiprocessing
+import pickle
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,8 +26,9 @@ from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
 from cdc_pipelines.reconcile.repair_step import (
     Repairer,
     RepairSettings,
+    apply_planned,
+    plan_chunk,
     plan_verified_repair,
-    repair_verified,
     unconfirmed_reason,
 )
 from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport, Tally
@@ -37,7 +41,7 @@ from cdc_pipelines.reconcile.verify_step import (
     CatchUpWait,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import slice_ids
+from cdc_pipelines.ring.slices import TokenSlice, slice_by_id, slice_ids
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_WORKERS = 2
@@ -125,6 +129,10 @@ def run_reconciliation(
 ) -> ReconcileReport:
     """Index the target, diff every slice, verify the candidates, report, and repair on request.
 
+    With ``options.repair`` each chunk of verified discrepancies is repaired as soon as it is
+    verified (fresh reads right before the write; memory follows the chunk); a value that
+    cannot be written stops the run after the chunks already repaired, with a partial report.
+
     With ``options.workers`` > 1 slices are diffed in processes started from a fork server,
     which imports the caller's main module: a script calling this needs the usual
     ``if __name__ == "__main__":`` guard.
@@ -144,45 +152,95 @@ def run_reconciliation(
         report.target_rows += outcome.target_rows
         report.slices.append(asdict(outcome))
     progress.phase(f"{table.source}: verifying {sum(o.candidates for o in outcomes)} candidate(s)")
-    run_id = new_run_id()
-    report.run_id = run_id
-    parquet, script = layout.discrepancies(run_id), layout.repair_script(run_id)
-    candidate_files = [Path(o.candidates_path) for o in outcomes if o.candidates]
-    with (
-        CandidateVerifier(table, settings, scan, options.wait) as verifier,
-        ConfirmedWriter(parquet) as confirmed,
-        script.open("w", encoding="utf-8") as sql_out,
-    ):
-        planned = False
-        for path in candidate_files:
-            verification = verifier.verify([read_candidates(path)])
-            report.add_verdicts(Tally.of(verification))
-            confirmed.write(verification)
-            plan = plan_verified_repair(table, verification, run_id)
-            if not plan.is_empty:
-                sql_out.write(render_script(plan))
-                planned = True
-        if not planned:
-            sql_out.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
+    report.run_id = new_run_id()
+    report.discrepancies_path = str(layout.discrepancies(report.run_id))
+    with CandidateVerifier(table, settings, scan, options.wait) as verifier:
+        if any(o.candidates for o in outcomes):
+            verifier.wait_for_sink()
+        repairing = options.repair and (verifier.confirmed or options.repair_unconfirmed)
+        if repairing:
+            progress.phase(f"{table.target}: verifying and repairing slice by slice")
+        try:
+            settled = _verify_and_act(table, settings, options, verifier, report, layout, outcomes)
+        except CdcPipelinesError as exc:
+            if not repairing:
+                raise
+            report.duration_s = round(time.monotonic() - started, 3)
+            raise RepairInterrupted(exc, report, layout.partial_report(report.run_id)) from exc
+        if options.repair and not repairing and report.confirmed:
+            report.repair_refused = unconfirmed_reason(verifier.detail)
         report.verification = verifier.detail
         report.catch_up_confirmed = verifier.confirmed
-        report.discrepancies_path = str(parquet)
-        report.dry_run_sql_path = str(script)
-        settled = 0
-        if options.repair and planned and not (verifier.confirmed or options.repair_unconfirmed):
-            report.repair_refused = unconfirmed_reason(verifier.detail)
-        elif options.repair and planned:
-            progress.phase(f"{table.target}: repairing {report.confirmed} discrepancies")
-            try:
-                settled = _repair_by_slice(
-                    table, options, verifier, run_id, report, candidate_files, settings
-                )
-            except CdcPipelinesError as exc:
-                report.duration_s = round(time.monotonic() - started, 3)
-                raise RepairInterrupted(exc, report, layout.partial_report(run_id)) from exc
     report.remaining = max(0, report.confirmed - settled) + report.target_ahead
     report.duration_s = round(time.monotonic() - started, 3)
     return report
+
+
+def _verify_and_act(
+    table: ReplicatedTable,
+    settings: ConnectionSettings,
+    options: ReconcileOptions,
+    verifier: CandidateVerifier,
+    report: ReconcileReport,
+    layout: ScratchLayout,
+    outcomes: list[SliceOutcome],
+) -> int:
+    """Verify and plan every slice's candidates a chunk at a time, then repair.
+
+    Each chunk's verdicts are recorded and its plan checked (a value that cannot be written
+    stops the run here, before anything is written). A dry run writes the plans to the SQL
+    script; ``--repair`` spills them to scratch files and applies them once every chunk is
+    planned, so memory follows the chunk, not the drift. Returns how many confirmed
+    discrepancies the repair settled.
+    """
+    run_id = report.run_id or new_run_id()
+    repairing = options.repair and (verifier.confirmed or options.repair_unconfirmed)
+    spill = layout.planned_chunks(run_id)
+    planned: list[tuple[Path, TokenSlice, int]] = []
+    with ExitStack() as stack:
+        confirmed = stack.enter_context(ConfirmedWriter(layout.discrepancies(run_id)))
+        script = None
+        if not repairing:
+            report.dry_run_sql_path = str(layout.repair_script(run_id))
+            script = stack.enter_context(open(report.dry_run_sql_path, "w", encoding="utf-8"))
+        for outcome in outcomes:
+            if not outcome.candidates:
+                continue
+            token_slice = slice_by_id(outcome.slice_id, table.slices)
+            candidates = read_candidates(Path(outcome.candidates_path))
+            for verification in verifier.verify_in_chunks(
+                candidates, token_slice, outcome.source_rows
+            ):
+                report.add_verdicts(Tally.of(verification))
+                confirmed.write(verification)
+                chunk = plan_chunk(table, verification, run_id)
+                if chunk.plan.is_empty:
+                    continue
+                if script is not None:
+                    script.write(render_script(chunk.plan))
+                else:
+                    path = spill / f"{len(planned):06d}.pickle"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                    planned.append((path, token_slice, outcome.source_rows))
+        if script is not None and not script.tell():
+            script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
+    if not planned:
+        return 0
+    with Repairer(settings.postgres_dsn, run_id, options.repair_settings) as repairer:
+        try:
+            for path, token_slice, rows in planned:
+                chunk = pickle.loads(path.read_bytes())
+                done = apply_planned(
+                    table, chunk, repairer, verifier.source_presence(token_slice, rows)
+                )
+                report.undone_after_source_delete += done.undone if done else 0
+                path.unlink()
+        finally:
+            settled = report.add_repair(repairer.totals())
+    shutil.rmtree(spill, ignore_errors=True)
+    # Rows taken back after a source delete were counted as deleted, not settled twice.
+    return settled - report.undone_after_source_delete
 
 
 class RepairInterrupted(ReconcileError):
@@ -199,28 +257,3 @@ class RepairInterrupted(ReconcileError):
         self.exit_code = cause.exit_code
         self.report = report
         self.path = path
-
-
-def _repair_by_slice(
-    table: ReplicatedTable,
-    options: ReconcileOptions,
-    verifier: CandidateVerifier,
-    run_id: str,
-    report: ReconcileReport,
-    candidate_files: list[Path],
-    settings: ConnectionSettings,
-) -> int:
-    """Re-verify and repair each slice's candidates (fresh reads: time has passed since the
-    dry run); returns how many confirmed discrepancies were settled. The report holds what
-    was committed even when a batch fails."""
-    with Repairer(settings.postgres_dsn, run_id, options.repair_settings) as repairer:
-        try:
-            for path in candidate_files:
-                verification = verifier.verify([read_candidates(path)])
-                done = repair_verified(table, verification, repairer, verifier.read_source)
-                if done is not None:
-                    report.undone_after_source_delete += done.undone
-        finally:
-            settled = report.add_repair(repairer.totals())
-    # Rows taken back after a source delete were counted as deleted, not as settled twice.
-    return settled - report.undone_after_source_delete

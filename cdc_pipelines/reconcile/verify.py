@@ -19,7 +19,7 @@ takes and returns them (``uuid.UUID``, ``Decimal``, aware ``datetime``, ``str`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -145,6 +145,41 @@ def _differs(
     return [bool(row.any()) for row in mask]
 
 
+def verify_in_chunks(
+    replicated: ReplicatedTable,
+    candidates: Iterable[Candidate],
+    *,
+    cutoff_us: int,
+    read_source: SourceReader,
+    read_target: TargetReader,
+    catch_up: CatchUp | None = None,
+    chunk_size: int | None = None,
+) -> Iterator[VerificationResult]:
+    """Reclassify the diff's candidates from a fresh read of both sides, ``chunk_size`` keys
+    (default :data:`VERIFY_CHUNK`) at a time, so memory follows the chunk, not the drift.
+
+    ``cutoff_us`` is the scan's cut-off (µs since the epoch): a source row written later was
+    written after the scan and is in flight, not a discrepancy.
+    ``read_source``/``read_target`` re-read a list of keys (see
+    :func:`cdc_pipelines.scylla.key_reads.read_source_rows` and
+    :func:`cdc_pipelines.postgres.key_reads.read_target_rows`; bind them with
+    ``functools.partial``). Pass the ``catch_up`` result to keep it with the verdicts.
+    """
+    size = chunk_size or VERIFY_CHUNK
+    unique = _unique(candidates)
+    for start in range(0, len(unique), size):
+        verdicts = _Verdicts()
+        _verify_chunk(
+            replicated,
+            [c.key for c in unique[start : start + size]],
+            verdicts,
+            cutoff_us=cutoff_us,
+            read_source=read_source,
+            read_target=read_target,
+        )
+        yield verdicts.result(catch_up)
+
+
 def verify_discrepancies(
     replicated: ReplicatedTable,
     candidates: Iterable[Candidate],
@@ -154,33 +189,21 @@ def verify_discrepancies(
     read_target: TargetReader,
     catch_up: CatchUp | None = None,
 ) -> VerificationResult:
-    """Reclassify the diff's candidates from a fresh read of both sides.
-
-    ``cutoff_us`` is the scan's cut-off (µs since the epoch): a row whose source write time or
-    target version is later was written after the scan and is in flight, not a discrepancy.
-    ``read_source``/``read_target`` re-read a list of keys (see
-    :func:`cdc_pipelines.scylla.key_reads.read_source_rows` and
-    :func:`cdc_pipelines.postgres.key_reads.read_target_rows`; bind them with
-    ``functools.partial``). Pass the ``catch_up`` result to keep it with the verdicts.
-    """
-    verdicts = _Verdicts()
-    unique = _unique(candidates)
-    for start in range(0, len(unique), VERIFY_CHUNK):
-        _verify_chunk(
-            replicated,
-            [c.key for c in unique[start : start + VERIFY_CHUNK]],
-            verdicts,
-            cutoff_us=cutoff_us,
-            read_source=read_source,
-            read_target=read_target,
-        )
-    return VerificationResult(
-        tuple(verdicts.confirmed),
-        tuple(verdicts.resolved),
-        tuple(verdicts.in_flight),
-        catch_up,
-        tuple(verdicts.target_ahead),
-    )
+    """Every verdict of :func:`verify_in_chunks` in one result."""
+    merged = _Verdicts()
+    for part in verify_in_chunks(
+        replicated,
+        candidates,
+        cutoff_us=cutoff_us,
+        read_source=read_source,
+        read_target=read_target,
+        catch_up=catch_up,
+    ):
+        merged.confirmed.extend(part.confirmed)
+        merged.resolved.extend(part.resolved)
+        merged.in_flight.extend(part.in_flight)
+        merged.target_ahead.extend(part.target_ahead)
+    return merged.result(catch_up)
 
 
 @dataclass
@@ -189,6 +212,15 @@ class _Verdicts:
     resolved: list[Key] = field(default_factory=list)
     in_flight: list[Key] = field(default_factory=list)
     target_ahead: list[ConfirmedDiscrepancy] = field(default_factory=list)
+
+    def result(self, catch_up: CatchUp | None) -> VerificationResult:
+        return VerificationResult(
+            tuple(self.confirmed),
+            tuple(self.resolved),
+            tuple(self.in_flight),
+            catch_up,
+            tuple(self.target_ahead),
+        )
 
 
 def _verify_chunk(

@@ -7,8 +7,9 @@ the first non-empty call waits for the sink, later calls reuse that catch-up.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -31,17 +32,30 @@ from cdc_pipelines.reconcile.verify import (
     Candidate,
     CandidateKind,
     VerificationResult,
-    verify_discrepancies,
+    verify_in_chunks,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.ring.slices import TokenSlice, slice_by_id
 from cdc_pipelines.rows.keys import Key, driver_keys
-from cdc_pipelines.scylla.key_reads import SourceRow, read_source_rows
+from cdc_pipelines.scylla.key_reads import (
+    SourceRange,
+    SourceRow,
+    existing_keys,
+    matched_key,
+    range_matchable,
+    read_source_rows,
+)
 from cdc_pipelines.scylla.session import cql_session
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_SETTLE_SECONDS = 5.0
+# Re-read a slice's candidates by one scan of its token range once they are this share of
+# its rows (docs/benchmarks.md: a key re-read costs about as much as scanning N rows).
+RESCAN_SHARE = 0.25
+RESCAN_RANGES = 16  # sub-ranges of the slice scanned concurrently
 DEFAULT_VERIFY_TIMEOUT_S = 120.0
 NOTHING_VERIFIED = VerificationResult((), (), ())
+Presence = Callable[[Sequence[Key]], list[bool]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,19 @@ class CatchUpWait:
 
     settle_seconds: float = DEFAULT_SETTLE_SECONDS  # when Kafka cannot tell
     timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
+
+
+def merge(parts: Sequence[VerificationResult], catch_up: CatchUp | None) -> VerificationResult:
+    """Chunks' verdicts as one result."""
+    if not parts:
+        return NOTHING_VERIFIED
+    return VerificationResult(
+        tuple(c for v in parts for c in v.confirmed),
+        tuple(k for v in parts for k in v.resolved),
+        tuple(k for v in parts for k in v.in_flight),
+        catch_up,
+        tuple(c for v in parts for c in v.target_ahead),
+    )
 
 
 class CandidateVerifier:
@@ -112,36 +139,95 @@ class CandidateVerifier:
         return self.catch_up.detail if self.catch_up is not None else "no candidates"
 
     def verify(self, candidates: Sequence[pa.Table]) -> VerificationResult:
+        """Every verdict on ``candidates`` at once (see :meth:`verify_in_chunks`)."""
+        return merge([v for part in candidates for v in self.verify_in_chunks(part)], self.catch_up)
+
+    def verify_in_chunks(
+        self, candidates: pa.Table, token_slice: TokenSlice | None = None, slice_rows: int = 0
+    ) -> Iterator[VerificationResult]:
+        """Verdicts on one slice's candidates, a chunk of keys at a time.
+
+        When the candidates are at least :data:`RESCAN_SHARE` of the slice's ``slice_rows``
+        and its keys can be matched exactly, the source side is read by one scan of
+        ``token_slice`` instead of key by key; the versions the scan returns decide, as a
+        key re-read's would.
+        """
         table = self.table
-        keyed: list[Candidate] = []
-        for part in candidates:
-            kinds = part.column(KIND_COLUMN).to_pylist()
-            for key, kind in zip(driver_keys(part, table.canonical), kinds, strict=True):
-                keyed.append(Candidate(key, CandidateKind(kind)))
+        kinds = candidates.column(KIND_COLUMN).to_pylist()
+        keyed = [
+            Candidate(key, CandidateKind(kind))
+            for key, kind in zip(driver_keys(candidates, table.canonical), kinds, strict=True)
+        ]
         if not keyed:
-            return NOTHING_VERIFIED
-        if self.catch_up is None:
-            self.catch_up = self._wait_for_sink()
-        return verify_discrepancies(
+            return
+        self.wait_for_sink()
+        read_source = self.read_source
+        if (
+            token_slice is not None
+            and len(keyed) >= RESCAN_SHARE * slice_rows
+            and range_matchable(table.spec)
+        ):
+            read_source = SourceRange(
+                self._cql(), table, token_slice.sub_ranges(RESCAN_RANGES)
+            ).read
+        yield from verify_in_chunks(
             table,
             keyed,
             cutoff_us=self.scan.cutoff_us,
-            read_source=self.read_source,
+            read_source=read_source,
             read_target=self.read_target,
             catch_up=self.catch_up,
         )
 
-    def read_source(self, keys: Sequence[Key]) -> list[SourceRow | None]:
-        """The source rows of ``keys`` now (None: absent), on the verifier's session."""
+    def source_presence(
+        self, token_slice: TokenSlice | None = None, slice_rows: int = 0
+    ) -> Presence:
+        """Tells which keys the source still has: key by key, or, for a large share of the
+        slice's rows, by one scan of the slice's key columns (same rule as the re-read)."""
+        table = self.table
+
+        def by_key(keys: Sequence[Key]) -> list[bool]:
+            return [row is not None for row in self.read_source(keys)]
+
+        def by_scan(keys: Sequence[Key]) -> list[bool]:
+            if len(keys) < RESCAN_SHARE * slice_rows or token_slice is None:
+                return by_key(keys)
+            present = existing_keys(self._cql(), table, token_slice.sub_ranges(RESCAN_RANGES))
+            matched = [matched_key(table.spec, k) for k in keys]
+            unmatched = [k for k, m in zip(keys, matched, strict=True) if m is None]
+            again = iter(by_key(unmatched)) if unmatched else iter(())
+            return [next(again) if m is None else m in present for m in matched]
+
+        return by_scan if range_matchable(table.spec) else by_key
+
+    def wait_for_sink(self) -> CatchUp:
+        """Wait (once) until the sink has caught up with the scan, or say why it cannot tell."""
+        if self.catch_up is None:
+            self.catch_up = self._wait_for_sink()
+        return self.catch_up
+
+    def _cql(self) -> Any:
         if self._session is None:
             self._session = self._stack.enter_context(cql_session(self.settings, self.table.scylla))
-        return read_source_rows(self._session, self.table, keys)
+        return self._session
+
+    def read_source(self, keys: Sequence[Key]) -> list[SourceRow | None]:
+        """The source rows of ``keys`` now (None: absent), on the verifier's session."""
+        return read_source_rows(self._cql(), self.table, keys)
 
     def read_target(self, keys: Sequence[Key]) -> list[TargetRow | None]:
         """The target rows of ``keys`` now (None: absent), on the verifier's connection."""
         if self._conn is None:
             self._conn = self._stack.enter_context(psycopg.connect(self.settings.postgres_dsn))
         return read_target_rows(self._conn, self.table, keys)
+
+
+def slice_rows(layout: ScratchLayout, slice_id: str) -> int:
+    """The source rows the slice's diff read (0 when its result is not there)."""
+    try:
+        return int(json.loads(layout.slice_result(slice_id).read_text())["source_rows"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def verify_slice(
@@ -153,5 +239,9 @@ def verify_slice(
 ) -> VerificationResult:
     """Re-read the slice's candidates on both sides once the sink passed the scan's offsets."""
     candidates = read_candidates(layout.candidates(slice_id))
+    token_slice = slice_by_id(slice_id, table.slices)
     with CandidateVerifier(table, settings, ScanMarker.read(layout), wait) as verifier:
-        return verifier.verify([candidates])
+        parts = list(
+            verifier.verify_in_chunks(candidates, token_slice, slice_rows(layout, slice_id))
+        )
+        return merge(parts, verifier.catch_up)

@@ -26,6 +26,7 @@ from cdc_pipelines.config import ColumnSpec, TableSpec
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.ring.slices import TokenRange, cql_token_bounds
 from cdc_pipelines.rows.layout import version_columns, written_columns
 from cdc_pipelines.rows.mask import mask_row
 from cdc_pipelines.scylla.reader import NO_VERSION
@@ -310,3 +311,133 @@ def _read_batched(
             matched = match_value(row.values[position], cql, returned=True)
             for index in by_value.get(matched, ()):
                 rows[index] = row
+
+
+RANGE_MATCHABLE_TYPES = frozenset(
+    {
+        *INTEGER_TYPES,
+        *TEXT_TYPES,
+        "uuid",
+        "timeuuid",
+        "blob",
+        "boolean",
+        "inet",
+        "date",
+        "timestamp",
+    }
+)
+
+
+def range_matchable(table: TableSpec) -> bool:
+    """Whether every key column's values can be matched between a scan and a key asked for."""
+    return all(table.column(n).cql_type.name in RANGE_MATCHABLE_TYPES for n in table.primary_key)
+
+
+class SourceRange:
+    """Every source row of some token ranges, found by key: a re-read of many keys at the
+    cost of one scan (verification chooses it when most of a slice's rows are candidates).
+
+    Keys the scan cannot match exactly (see :func:`match_value`) are re-read by key.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        replicated: ReplicatedTable,
+        ranges: Sequence[TokenRange],
+        *,
+        concurrency: int = IN_CONCURRENCY,
+    ) -> None:
+        self.session, self.replicated = session, replicated
+        table = replicated.spec
+        statements = _Statements(table, replicated.mask_salt)
+        self._types = [table.column(n).cql_type for n in table.primary_key]
+        positions = [statements.positions[n] for n in table.primary_key]
+        partition = ", ".join(quote_cql(n) for n in table.partition_key)
+        scan = statements.select + f"token({partition}) > ? AND token({partition}) <= ?"
+        self.rows: dict[tuple[object, ...], SourceRow] = {}
+        try:
+            outcomes = _execute(session, scan, cql_token_bounds(ranges), concurrency)
+            for outcome in outcomes:
+                for found in outcome.result_or_exc:
+                    row = statements.source_row(found)
+                    try:
+                        key = tuple(
+                            match_value(row.values[p], cql, returned=True)
+                            for p, cql in zip(positions, self._types, strict=True)
+                        )
+                    except NotExact:  # found by its own re-read, if it is a candidate
+                        continue
+                    self.rows[key] = row
+        except Exception as exc:  # the driver raises many unrelated types
+            raise ServiceError(
+                f"table {table.source}: re-reading a token range from the source failed "
+                f"({type(exc).__name__}: {exc}); check the CQL endpoint"
+            ) from None
+
+    def read(self, keys: Sequence[Key]) -> list[SourceRow | None]:
+        """One entry per key, like :func:`read_source_rows` (None: the row does not exist)."""
+        found: list[SourceRow | None] = [None] * len(keys)
+        unmatched: list[int] = []
+        table = self.replicated.spec
+        for index, key in enumerate(keys):
+            wanted = matched_key(table, key)
+            if wanted is None:
+                unmatched.append(index)
+            else:
+                found[index] = self.rows.get(wanted)
+        if unmatched:
+            reread = read_source_rows(self.session, self.replicated, [keys[i] for i in unmatched])
+            for index, row in zip(unmatched, reread, strict=True):
+                found[index] = row
+        return found
+
+
+def existing_keys(
+    session: Session,
+    replicated: ReplicatedTable,
+    ranges: Sequence[TokenRange],
+    *,
+    concurrency: int = IN_CONCURRENCY,
+) -> set[tuple[object, ...]]:
+    """The keys (matched as :func:`match_value` returns them) of every row in the ranges: a
+    scan of the key columns alone, to tell which of many keys still exist."""
+    table = replicated.spec
+    types = [table.column(n).cql_type for n in table.primary_key]
+    partition = ", ".join(quote_cql(n) for n in table.partition_key)
+    scan = (
+        f"SELECT {', '.join(quote_cql(n) for n in table.primary_key)} "
+        f"FROM {quote_cql(table.keyspace)}.{quote_cql(table.table)} "
+        f"WHERE token({partition}) > ? AND token({partition}) <= ?"
+    )
+    found: set[tuple[object, ...]] = set()
+    try:
+        for outcome in _execute(session, scan, cql_token_bounds(ranges), concurrency):
+            for row in outcome.result_or_exc:
+                values = _row_values(row)
+                try:
+                    found.add(
+                        tuple(
+                            match_value(_aware(v, cql), cql, returned=True)
+                            for v, cql in zip(values, types, strict=True)
+                        )
+                    )
+                except NotExact:  # such keys are checked by a re-read of their own
+                    continue
+    except Exception as exc:  # the driver raises many unrelated types
+        raise ServiceError(
+            f"table {table.source}: scanning the keys of a token range failed "
+            f"({type(exc).__name__}: {exc}); check the CQL endpoint"
+        ) from None
+    return found
+
+
+def matched_key(table: TableSpec, key: Key) -> tuple[object, ...] | None:
+    """``key`` as a scan's rows are matched (None: it cannot be matched exactly)."""
+    try:
+        return tuple(
+            match_value(cql_key_value(v), table.column(n).cql_type)
+            for v, n in zip(key, table.primary_key, strict=True)
+        )
+    except NotExact:
+        return None

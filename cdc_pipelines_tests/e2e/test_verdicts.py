@@ -161,7 +161,7 @@ def test_a_key_deleted_at_the_source_between_verification_and_repair_stays_delet
         undone = 0
         with Repairer(settings.postgres_dsn, "race-test") as repairer:
             for verification in verifications:
-                done = repair_verified(table, verification, repairer, verifier.read_source)
+                done = repair_verified(table, verification, repairer, verifier.source_presence())
                 undone += done.undone if done else 0
     assert undone == len(gone)
     assert present(postgres_dsn, spec.target_schema, gone) == []

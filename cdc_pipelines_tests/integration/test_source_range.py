@@ -1,0 +1,79 @@
+"""A slice re-read by one scan answers exactly what a re-read by key answers.
+
+Verification re-reads a slice's candidates by scanning its token range when they are a
+large share of its rows; the rows and versions it hands over must be those of the key
+re-read, for every key shape (the layouts of ``test_key_reads``), keys absent included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from cdc_pipelines.config import TableSpec
+from cdc_pipelines.ring.slices import slice_by_id
+from cdc_pipelines.scylla.key_reads import (
+    SourceRange,
+    existing_keys,
+    matched_key,
+    range_matchable,
+    read_source_rows,
+)
+from cdc_pipelines_tests.declarations import replicated
+from cdc_pipelines_tests.integration.test_key_reads import LAYOUTS, T0, _case
+from cdc_pipelines_tests.integration.test_key_reads import key_tables as key_tables_fixture
+
+key_tables = key_tables_fixture  # the same module-scoped tables
+
+SLICES = 3  # the keys spread over several slices; each is scanned on its own
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_range_scan_answers_like_the_key_re_read(
+    cql_session: Any, key_tables: dict[str, TableSpec], layout: str
+) -> None:
+    table = replicated(key_tables[layout], slices=SLICES)
+    spec = table.spec
+
+    @settings(
+        max_examples=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(case=_case(layout))
+    def check(case: tuple[list[tuple[object, ...]], list[tuple[object, ...]]]) -> None:
+        written, asked = case
+        cql_session.execute(f"TRUNCATE {spec.keyspace}.{spec.table}")
+        columns = ", ".join([*spec.primary_key, "v"])
+        insert = cql_session.prepare(
+            f"INSERT INTO {spec.keyspace}.{spec.table} ({columns}) "
+            f"VALUES ({', '.join('?' * (len(spec.primary_key) + 1))}) USING TIMESTAMP ?"
+        )
+        for n, key in enumerate(written):
+            cql_session.execute(insert, (*key, f"row {n}", T0 + n))
+        by_key = read_source_rows(cql_session, table, asked)
+        by_scan: list[object] = [None] * len(asked)
+        present: list[bool | None] = [None] * len(asked)
+        for index in range(SLICES):
+            ranges = slice_by_id(f"{index:02d}", SLICES).sub_ranges(4)
+            scanned = SourceRange(cql_session, table, ranges).read(asked)
+            keys = existing_keys(cql_session, table, ranges)
+            for i, row in enumerate(scanned):
+                by_scan[i] = by_scan[i] or row
+                matched = matched_key(spec, asked[i])
+                if matched is not None:
+                    present[i] = bool(present[i]) or matched in keys
+        assert by_scan == by_key  # rows, masked values and versions alike
+        for i, row in enumerate(by_key):
+            if present[i] is not None:
+                assert present[i] == (row is not None)
+
+    check()
+
+
+def test_only_exactly_matchable_keys_are_scanned(key_tables: dict[str, TableSpec]) -> None:
+    assert range_matchable(key_tables["timestamp_inet_then_uuid_varint"])
+    assert not range_matchable(key_tables["decimal_then_timeuuid"])
+    assert not range_matchable(key_tables["double_only"])
