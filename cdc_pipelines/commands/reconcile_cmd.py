@@ -25,7 +25,7 @@ from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.reconcile.progress import SliceProgress
 from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR
 from cdc_pipelines.reconcile.table_run import DEFAULT_WORKERS, ReconcileOptions, run_reconciliation
-from cdc_pipelines.reconcile.verify_step import DEFAULT_SETTLE_SECONDS
+from cdc_pipelines.reconcile.verify_step import DEFAULT_SETTLE_SECONDS, DEFAULT_VERIFY_TIMEOUT_S
 from cdc_pipelines.replicated_table import resolve
 
 
@@ -73,6 +73,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=DEFAULT_SETTLE_SECONDS,
         help="wait this long before re-reading when Kafka cannot tell whether the sink caught up",
     )
+    parser.add_argument(
+        "--verify-timeout",
+        type=float,
+        default=DEFAULT_VERIFY_TIMEOUT_S,
+        help="wait at most this long for the sink to pass the scan's offsets "
+        f"(default {DEFAULT_VERIFY_TIMEOUT_S:g} s); past it the verdicts are unconfirmed",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         repair_unconfirmed=bool(args.repair_unconfirmed),
         workers=max(1, args.workers),
         settle_seconds=args.settle_seconds,
+        verify_timeout_s=args.verify_timeout,
         audit_detail=AuditDetail(args.audit),
     )
     progress = SliceProgress(table.slices, stream=sys.stderr)
