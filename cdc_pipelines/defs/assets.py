@@ -1,21 +1,26 @@
-"""Per declared table, the lineage of the pipeline as assets.
+"""Per declared table, the lineage of the pipeline as assets, in one group per table.
 
-``scylla/<ks>/<t>`` → ``kafka/<topic>`` → ``postgres/<schema>/<t>`` are external: Kafka
-Connect moves the data and sensors observe it. ``target_index``, ``reconciliation``
-(one partition per token slice) and ``repair`` are materialized by this code location.
+For ``demo.orders``: ``demo/orders/scylla_orders`` → ``kafka_orders`` → ``postgres_orders``
+are external (Kafka Connect moves the data, sensors observe it); ``target_index_orders``,
+``reconciliation_orders`` and ``repair_orders`` (one partition per token slice) are
+materialized by this code location. Keys and partitions come from :mod:`.names`.
 """
 
+import warnings
 from datetime import timedelta
 
 import dagster as dg
 
 from cdc_pipelines.defs.names import SOURCE_SCAN_POOL, TableNames
 from cdc_pipelines.defs.reconciliation import (
+    SLICE_CHECK,
+    SLICE_CHECK_SEVERITY,
     build_target_index,
     index_metadata,
     reconcile_slice,
     repair_metadata,
     repair_slice,
+    slice_check_result,
     slice_metadata,
 )
 from cdc_pipelines.defs.resources import (
@@ -30,6 +35,7 @@ from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.observability.metrics import Gauge
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.types import column_pg_type
+from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.scratch import ScratchLayout
 
 RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
@@ -37,6 +43,10 @@ RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
 RECONCILIATION_WARN_WINDOW = timedelta(hours=25)
 METRICS_JOB = "cdc_reconciliation"
 RECONCILIATION_OBSERVER = "reconciliation"
+KIND_SCYLLA = "scylladb"  # the kind the Dagster UI draws with ScyllaDB's icon
+KIND_KAFKA = "kafka"
+KIND_POSTGRES = "postgres"
+KIND_ARROW = "arrow"
 
 
 def owners(names: TableNames) -> list[str]:
@@ -45,7 +55,9 @@ def owners(names: TableNames) -> list[str]:
 
 
 def _about(names: TableNames) -> str:
-    return names.spec.description or f"Replicated table {names.source}"
+    """The declared description as a further sentence, or nothing."""
+    text = (names.spec.description or "").strip().rstrip(".")
+    return f" {text}." if text else ""
 
 
 def source_spec(names: TableNames) -> dg.AssetSpec:
@@ -53,11 +65,11 @@ def source_spec(names: TableNames) -> dg.AssetSpec:
     return dg.AssetSpec(
         key=names.scylla_key,
         description=(
-            f"{_about(names)}. The system of record, in ScyllaDB as {spec.keyspace}.{spec.table}; "
-            "the Scylla CDC source connector captures every change to it."
+            f"ScyllaDB table {spec.source}, the system of record.{_about(names)} The Scylla CDC "
+            "source connector captures every change to it."
         ),
         group_name=names.group,
-        kinds={"scylla"},
+        kinds={KIND_SCYLLA},
         owners=owners(names),
         metadata={
             "dagster/table_name": spec.source,
@@ -74,12 +86,11 @@ def topic_spec(names: TableNames) -> dg.AssetSpec:
         key=names.kafka_key,
         deps=[names.scylla_key],
         description=(
-            f"Every insert, update and delete of {names.source}, in order per key, as change "
-            f"events in the Kafka topic {names.topic}. Records the sink cannot convert go to "
-            f"{names.dlq_topic}."
+            f"Kafka topic {names.topic}, the change events of {names.source} in order per key. "
+            f"Records the sink cannot convert go to {names.dlq_topic}."
         ),
         group_name=names.group,
-        kinds={"kafka"},
+        kinds={KIND_KAFKA},
         owners=owners(names),
         metadata={"topic": names.topic, "dead_letter_topic": names.dlq_topic},
     )
@@ -93,12 +104,12 @@ def target_spec(names: TableNames) -> dg.AssetSpec:
         key=names.postgres_key,
         deps=[names.kafka_key],
         description=(
-            f"{_about(names)}. The PostgreSQL copy {spec.target}, kept current by the JDBC sink "
-            f"connector {names.sink}. Sensors observe its lag, connector health and dead "
-            "letters; its checks say whether the copy can be trusted."
+            f"PostgreSQL table {spec.target}, the copy of {spec.source} kept current by the "
+            f"JDBC sink connector {names.sink}.{_about(names)} Its checks say whether the copy "
+            "can be trusted."
         ),
         group_name=names.group,
-        kinds={"postgres"},
+        kinds={KIND_POSTGRES},
         owners=owners(names),
         metadata={
             "dagster/table_name": spec.target,
@@ -110,7 +121,29 @@ def target_spec(names: TableNames) -> dg.AssetSpec:
 
 
 def slices_partitions(names: TableNames) -> dg.StaticPartitionsDefinition:
+    """One partition per token slice, keyed by the slice id and its token range."""
     return dg.StaticPartitionsDefinition(list(names.slices))
+
+
+def slice_check_spec(
+    names: TableNames, partitions: dg.StaticPartitionsDefinition
+) -> dg.AssetCheckSpec:
+    """The per-slice check of the reconciliation asset, with one result per partition."""
+    with warnings.catch_warnings():
+        # A partitioned check is a preview in Dagster 1.13; without partitions_def its result
+        # would not be attached to the slice it is about, and the check's per-partition
+        # status could not show which slices disagree.
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            SLICE_CHECK,
+            asset=names.reconciliation_key,
+            partitions_def=partitions,
+            description=(
+                f"PostgreSQL agrees with ScyllaDB in this token slice of {names.source}: no "
+                "missing, extra or mismatched row after the re-read. Fails with "
+                f"{SLICE_CHECK_SEVERITY.value} on a slice with discrepancies, with the counts."
+            ),
+        )
 
 
 def target_index_asset(names: TableNames) -> dg.AssetsDefinition:
@@ -118,12 +151,13 @@ def target_index_asset(names: TableNames) -> dg.AssetsDefinition:
         key=names.target_index_key,
         deps=[names.postgres_key],
         description=(
-            f"Keys, row hashes and versions of every row of {names.spec.target}, bucketed by "
-            f"token slice ({names.slice_count} slices): the PostgreSQL side of {names.source}'s "
-            "reconciliation, built in one pass over the table."
+            f"Target index of {names.spec.target}: keys, row hashes and versions of every row, "
+            f"bucketed by token slice ({names.slice_count} slices) in one pass. The PostgreSQL "
+            f"side of {names.source}'s reconciliation; it also records the topic's end offsets "
+            "that verification waits for."
         ),
         group_name=names.group,
-        kinds={"postgres", "arrow"},
+        kinds={KIND_POSTGRES, KIND_ARROW},
         owners=owners(names),
     )
     def target_index(
@@ -140,29 +174,35 @@ def target_index_asset(names: TableNames) -> dg.AssetsDefinition:
         context.log.info(
             f"indexed {manifest.rows} rows of {names.spec.target} in {manifest.duration_s}s"
         )
-        directory = ScratchLayout(root, names.source).index_dir
-        return dg.MaterializeResult(metadata=index_metadata(manifest, directory))
+        layout = ScratchLayout(root, names.source)
+        scan = ScanMarker.read(layout)
+        if scan.end_offsets is None:
+            context.log.warning(f"topic end offsets unknown: {scan.kafka_error}")
+        return dg.MaterializeResult(metadata=index_metadata(manifest, layout.index_dir, scan))
 
     return target_index
 
 
 def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
+    partitions = slices_partitions(names)
+
     @dg.asset(
         key=names.reconciliation_key,
         deps=[names.target_index_key, names.scylla_key],
-        partitions_def=slices_partitions(names),
+        partitions_def=partitions,
+        check_specs=[slice_check_spec(names, partitions)],
         pool=SOURCE_SCAN_POOL,
         freshness_policy=dg.FreshnessPolicy.time_window(
             fail_window=RECONCILIATION_FAIL_WINDOW, warn_window=RECONCILIATION_WARN_WINDOW
         ),
         description=(
-            f"Rows of {names.source} that differ between ScyllaDB and PostgreSQL, one token "
-            "slice per partition: missing in PostgreSQL, extra in PostgreSQL, or with different "
-            "values. A full backfill is a full reconciliation; the partition bar shows which "
-            "token ranges disagree."
+            f"Reconciliation of {names.source}: the rows that differ between ScyllaDB and "
+            "PostgreSQL (missing, extra or mismatched), one token slice per partition. A full "
+            f"backfill is a full reconciliation; the {SLICE_CHECK} check shows which slices "
+            "disagree."
         ),
         group_name=names.group,
-        kinds={"scylla", "arrow"},
+        kinds={KIND_SCYLLA, KIND_ARROW},
         owners=owners(names),
     )
     def reconciliation(
@@ -175,7 +215,7 @@ def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         verdict = reconcile_slice(
             names.table,
-            context.partition_key,
+            names.slice_id(context.partition_key),
             connection_settings(scylla, postgres, kafka),
             scratch.root(),
         )
@@ -228,7 +268,9 @@ def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
                 },
             )
         )
-        return dg.MaterializeResult(metadata=slice_metadata(verdict))
+        return dg.MaterializeResult(
+            metadata=slice_metadata(verdict), check_results=[slice_check_result(verdict)]
+        )
 
     return reconciliation
 
@@ -255,13 +297,13 @@ def repair_asset(names: TableNames) -> dg.AssetsDefinition:
         deps=[names.reconciliation_key, names.scylla_key],
         partitions_def=slices_partitions(names),
         description=(
-            f"Fixes the verified discrepancies of one slice of {names.spec.target} from the "
-            "source rows, never overwriting a newer row. A dry run (the default) only writes "
-            "the SQL; run with config apply: true to change PostgreSQL. Blocked when the "
-            "source's data-quality checks fail."
+            f"Repair of {names.spec.target}: fixes one token slice's verified discrepancies "
+            "from the source rows, never overwriting a newer row. A dry run (the default) only "
+            "writes the SQL; run with config apply: true to change PostgreSQL. Blocked when "
+            "the source's data-quality checks fail."
         ),
         group_name=names.group,
-        kinds={"postgres"},
+        kinds={KIND_POSTGRES},
         owners=owners(names),
     )
     def repair(
@@ -275,7 +317,7 @@ def repair_asset(names: TableNames) -> dg.AssetsDefinition:
         audit_detail = config.audit_detail()
         repair = repair_slice(
             names.table,
-            context.partition_key,
+            names.slice_id(context.partition_key),
             connection_settings(scylla, postgres, kafka),
             scratch.root(),
             apply=config.apply,

@@ -34,6 +34,7 @@ def make_slice_fanout_sensor(
     ``cdc/stage=index``); then every slice diffs the source against it. Each slice is
     its own run of the table's reconcile job, so slices run side by side in separate
     processes, at most as many per table as dagster.yaml's ``cdc/table`` limit allows.
+    A run's partition is its slice's key (id and token range); its run key ends in the id.
     """
     by_source = {n.source: n for n in tables}
 
@@ -61,10 +62,10 @@ def make_slice_fanout_sensor(
                 run_key=f"{run.run_id}:{slice_id}",
                 job_name=names.reconcile_job,
                 asset_selection=[names.reconciliation_key],
-                partition_key=slice_id,
+                partition_key=names.partition_key(slice_id),
                 tags={**names.run_tags(reason, STAGE_SLICE, trigger), TAG_INDEX_RUN: run.run_id},
             )
-            for slice_id in names.slices
+            for slice_id in names.slice_ids
         ]
 
     return reconcile_slices_after_index

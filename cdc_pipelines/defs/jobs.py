@@ -1,7 +1,7 @@
 """Jobs and schedules: reconcile and repair a table, deploy connectors, check and escalate.
 
-Per table: ``reconcile__<ks>__<t>`` (target index, then one run per slice) and
-``repair_slice__<ks>__<t>`` (dry run unless ``apply: true``). Shared: connector deployment,
+Per table: ``reconcile__<ks>__<t>`` (target index, then one run per slice partition) and
+``repair_slice__<ks>__<t>`` (one slice partition, dry run unless ``apply: true``). Shared: connector deployment,
 the hourly replication checks, the daily data-quality checks, escalations.
 """
 
@@ -41,9 +41,10 @@ def reconcile_job(names: TableNames) -> "AssetJob":
         names.reconcile_job,
         selection=dg.AssetSelection.assets(names.target_index_key, names.reconciliation_key),
         description=(
-            f"Reconcile {names.source}: a run selecting target_index rebuilds the PostgreSQL "
-            "side; a run per slice partition diffs that slice. Request it through the sensors "
-            "or the nightly schedule, or backfill the reconciliation asset in the UI."
+            f"Reconcile {names.source}: a run selecting {names.target_index_key.path[-1]} "
+            "rebuilds the PostgreSQL side; a run per token-slice partition of "
+            f"{names.reconciliation_key.path[-1]} diffs that slice. Request it through the "
+            "sensors or the nightly schedule, or backfill the reconciliation asset in the UI."
         ),
         executor_def=dg.multiprocess_executor.configured({"max_concurrent": SLICE_PROCESSES}),
         run_tags={TAG_TABLE: names.source},
@@ -56,7 +57,8 @@ def repair_job(names: TableNames) -> "AssetJob":
         selection=dg.AssetSelection.assets(names.repair_key)
         | dg.AssetSelection.checks_for_assets(names.scylla_key),
         description=(
-            f"Repair one slice of {names.source} in PostgreSQL. A dry run unless the run config "
+            f"Repair one token-slice partition of {names.source} in PostgreSQL. A dry run unless "
+            "the run config "
             "sets ops.<repair op>.config.apply: true; blocked by failing source-side checks."
         ),
         run_tags={TAG_TABLE: names.source},

@@ -1,7 +1,16 @@
-"""Every Dagster name derived from one declared table: asset keys, jobs, groups, run tags.
+"""Every Dagster name derived from one declared table: asset keys, jobs, groups, partitions, tags.
 
 Names are computed in one place so sensors, jobs and assets agree, and so a table's
 names never change unless its declaration does.
+
+Asset keys are ``<keyspace>/<table>/<system>_<name>`` (``demo/orders/scylla_orders`` …
+``demo/orders/repair_orders``): the UI labels a node by the last part of its key, so each
+node reads as what it is, and the keyspace and table in front keep keys unique when two
+keyspaces hold tables of the same name. One table's six assets form one group.
+
+The reconciliation and repair assets have one partition per token slice, keyed by the
+slice id and its token range (``03: -2305843009213693952 < token <= 0`` of 8 slices); the library keeps
+its plain slice ids (``03``) and :meth:`TableNames.slice_id` maps a key back to one.
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ from typing import TYPE_CHECKING, TypeAlias
 import dagster as dg
 
 from cdc_pipelines.config import PipelineConfig, TableSpec
+from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.replicated_table import ReplicatedTable, resolve_all
-from cdc_pipelines.ring.slices import slice_ids
+from cdc_pipelines.ring.slices import slice_by_id, slice_ids
 
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -47,6 +57,16 @@ SOURCE_SCAN_POOL = "scylla_scan"
 _KEY_PART_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 _HASH_CHARS = 6
+PARTITION_ID_SEPARATOR = ": "
+"""Between the slice id and the token range in a partition key."""
+
+# What each asset stands for: the first word of its node label.
+SYSTEM_SCYLLA = "scylla"
+SYSTEM_KAFKA = "kafka"
+SYSTEM_POSTGRES = "postgres"
+SYSTEM_TARGET_INDEX = "target_index"
+SYSTEM_RECONCILIATION = "reconciliation"
+SYSTEM_REPAIR = "repair"
 
 
 def iso_utc(ms: int) -> str:
@@ -104,7 +124,8 @@ class TableNames:
 
     @property
     def group(self) -> str:
-        return self.spec.keyspace
+        """One group per table (``keyspace__table``): its lineage graph is the table's chain."""
+        return self.ident
 
     @property
     def consumer_group(self) -> str:
@@ -112,34 +133,75 @@ class TableNames:
         return f"connect-{self.sink}"
 
     @property
-    def slices(self) -> tuple[str, ...]:
+    def slice_ids(self) -> tuple[str, ...]:
+        """The library's slice ids in ring order (``00``…), as the reconciliation steps take them."""
         return slice_ids(self.slice_count)
 
     @property
-    def scylla_key(self) -> dg.AssetKey:
-        return dg.AssetKey(["scylla", self.spec.keyspace, self.spec.table])
+    def slices(self) -> tuple[str, ...]:
+        """The partition keys of the reconciliation and repair assets, one per slice in ring order."""
+        return tuple(self.partition_key(s) for s in self.slice_ids)
 
-    @property
-    def kafka_key(self) -> dg.AssetKey:
-        return dg.AssetKey(["kafka", key_part(self.topic)])
+    def partition_key(self, slice_id: str) -> str:
+        """Slice ``slice_id``'s partition key: the id, then the tokens it covers.
 
-    @property
-    def postgres_key(self) -> dg.AssetKey:
+        ``03: -2305843009213693952 < token <= 0`` (of 8) reads as the CQL scan of the slice
+        (``token(pk) > start AND token(pk) <= end``); the key changes with the slice count,
+        so a partition never names a range it did not cover.
+        """
+        token_slice = slice_by_id(slice_id, self.slice_count)
+        return (
+            f"{token_slice.id}{PARTITION_ID_SEPARATOR}"
+            f"{token_slice.start} < token <= {token_slice.end}"
+        )
+
+    def slice_id(self, partition_key: str) -> str:
+        """The library's slice id of a partition key of this table (ReconcileError if none)."""
+        candidate = partition_key.split(PARTITION_ID_SEPARATOR, 1)[0]
+        try:
+            if self.partition_key(candidate) == partition_key:
+                return candidate
+        except ReconcileError:
+            pass
+        raise ReconcileError(
+            f"{partition_key!r} is not a partition of {self.source}'s {self.slice_count} token "
+            f"slices; expected e.g. {self.slices[0]!r}"
+        )
+
+    def _key(self, system: str, name: str) -> dg.AssetKey:
         return dg.AssetKey(
-            ["postgres", key_part(self.spec.target_schema), key_part(self.spec.target_table)]
+            [key_part(self.spec.keyspace), key_part(self.spec.table), key_part(f"{system}_{name}")]
         )
 
     @property
+    def scylla_key(self) -> dg.AssetKey:
+        """``ks/t/scylla_t``: the source table."""
+        return self._key(SYSTEM_SCYLLA, self.spec.table)
+
+    @property
+    def kafka_key(self) -> dg.AssetKey:
+        """``ks/t/kafka_t``: the table's change topic."""
+        return self._key(SYSTEM_KAFKA, self.spec.table)
+
+    @property
+    def postgres_key(self) -> dg.AssetKey:
+        """``ks/t/postgres_<target table>``: the PostgreSQL copy."""
+        return self._key(SYSTEM_POSTGRES, self.spec.target_table)
+
+    @property
     def target_index_key(self) -> dg.AssetKey:
-        return dg.AssetKey(["target_index", self.spec.keyspace, self.spec.table])
+        """``ks/t/target_index_t``: the PostgreSQL side of a reconciliation, per slice."""
+        return self._key(SYSTEM_TARGET_INDEX, self.spec.table)
 
     @property
     def reconciliation_key(self) -> dg.AssetKey:
-        return dg.AssetKey(["reconciliation", self.spec.keyspace, self.spec.table])
+        """``ks/t/reconciliation_t``: the diff, one partition per token slice."""
+        return self._key(SYSTEM_RECONCILIATION, self.spec.table)
 
     @property
     def repair_key(self) -> dg.AssetKey:
-        return dg.AssetKey(["repair", self.spec.keyspace, self.spec.table])
+        """``ks/t/repair_t``: the repair of the verified discrepancies, per token slice."""
+        return self._key(SYSTEM_REPAIR, self.spec.table)
 
     @property
     def reconcile_job(self) -> str:

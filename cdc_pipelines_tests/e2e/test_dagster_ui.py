@@ -1,10 +1,11 @@
 """The code location served by a real ``dagster dev``: assets over GraphQL, runs, the UI.
 
 ``dagster dev`` (webserver + daemon) runs in its own session on a free port with a
-temporary DAGSTER_HOME copied from ``dagster_home/`` and its own PostgreSQL database,
-so the daemon sees only this test's runs; the whole process group is killed at the end.
-A reconciliation is launched the way the sensors launch it (the target-index run) and
-the daemon's fan-out sensor must turn it into one successful run per token slice.
+temporary DAGSTER_HOME copied from ``dagster_home/`` and a PostgreSQL database of this
+test's own (next to the suite's ``dagster_test``), so the daemon sees only this test's runs;
+the whole process group is killed at the end. A reconciliation is launched the way the
+sensors launch it (the target-index run) and the daemon's fan-out sensor must turn it into
+one successful run per token slice, whose checks show which slice disagrees.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
-from psycopg import sql
+
+from cdc_pipelines.config import load_config
+from cdc_pipelines.defs.names import table_names
+from cdc_pipelines_tests.conftest import DagsterStorage
+from cdc_pipelines_tests.e2e.conftest import ITEMS_MISSING_ID, items_partition_of
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -37,8 +41,6 @@ POLL_S = 1.0
 STOP_GRACE_S = 20.0
 CHROMIUM_TIMEOUT_S = 120
 JOB = "replication_checks"
-SOURCE_ROWS = 12
-SLICES = ("00", "01", "02", "03")
 CODE_LOCATION = "cdc_pipelines"
 REPOSITORY = "__repository__"
 DONE_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -68,65 +70,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def declaration(
-    tmp_path: Path, keyspace: str, pg_schema: str, cql_session, postgres_dsn: str
-) -> Path:
-    """A small replicated table on both sides, one row short in PostgreSQL, so jobs really run."""
-    cql_session.execute(f"CREATE TABLE {keyspace}.items (id int PRIMARY KEY, label text)")
-    for i in range(SOURCE_ROWS):
-        cql_session.execute(f"INSERT INTO {keyspace}.items (id, label) VALUES ({i}, 'item {i}')")
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        table = sql.Identifier(pg_schema, "items")
-        conn.execute(
-            sql.SQL(
-                "CREATE TABLE {} (id integer PRIMARY KEY, label text, _cdc_version_us bigint)"
-            ).format(table)
-        )
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} SELECT i, 'item ' || i, 1 FROM generate_series(0, %s) i"
-            ).format(table),
-            (SOURCE_ROWS - 2,),
-        )
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(
-        f"""\
-version: 1
-connectors:
-  sink_name_prefix: {keyspace}-sink
-tables:
-  - source: {keyspace}.items
-    target: {pg_schema}.items
-    description: Items for the end-to-end test.
-    partition_key: [id]
-    slices: 4
-    columns: {{id: int, label: text}}
-    expectations:
-      - {{kind: not_null, column: label}}
-"""
-    )
-    return path
+def dagster_database(dagster_storage: DagsterStorage, unique_name: str) -> Iterator[str]:
+    """A database of this test's own on the tests' Dagster server (its daemon runs sensors)."""
+    dagster_storage.create_database(unique_name)
+    yield dagster_storage.database_url(unique_name)
+    dagster_storage.drop_database(unique_name)
 
 
 @pytest.fixture
-def dagster_database(postgres_dsn: str, unique_name: str) -> Iterator[str]:
-    """A PostgreSQL database of this test's own for Dagster's storage (psycopg2 URL)."""
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(unique_name)))
-    info = psycopg.conninfo.conninfo_to_dict(postgres_dsn)
-    url = (
-        f"postgresql+psycopg2://{info.get('user', '')}:{info.get('password', '')}@"
-        f"{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{unique_name}"
-    )
-    yield url
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(unique_name))
-        )
-
-
-@pytest.fixture
-def dagster_ui(tmp_path: Path, declaration: Path, dagster_database: str) -> Iterator[DagsterUi]:
+def dagster_ui(
+    tmp_path: Path, items_declaration: Path, dagster_database: str
+) -> Iterator[DagsterUi]:
     home = tmp_path / "dagster_home"
     shutil.copytree(REPO / "dagster_home", home)
     with (home / "dagster.yaml").open("a") as instance_yaml:
@@ -138,7 +92,7 @@ def dagster_ui(tmp_path: Path, declaration: Path, dagster_database: str) -> Iter
         **os.environ,
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": dagster_database,
-        "CDC_PIPELINE_CONFIG": str(declaration),
+        "CDC_PIPELINE_CONFIG": str(items_declaration),
         "CDC_SCRATCH_URI": str(tmp_path / "scratch"),
         "VIRTUAL_ENV": str(VENV_BIN.parent),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -270,6 +224,25 @@ query Partitions($path: [String!]!) {
   }
 }
 """
+PARTITION_CHECKS = """
+query PartitionChecks($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode {
+      partitionKeysByDimension { partitionKeys }
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
 
 
 def launch(
@@ -306,7 +279,7 @@ def wait_for_run(ui: DagsterUi, run_id: str) -> None:
     assert status == "SUCCESS", f"run {run_id} ended {status}:\n{ui.log.read_text()[-4000:]}"
 
 
-def wait_for_slice_runs(ui: DagsterUi, index_run: str) -> list[dict[str, Any]]:
+def wait_for_slice_runs(ui: DagsterUi, index_run: str, slice_count: int) -> list[dict[str, Any]]:
     """The runs the fan-out sensor requested for ``index_run``, once all of them finished."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     runs: list[dict[str, Any]] = []
@@ -314,7 +287,7 @@ def wait_for_slice_runs(ui: DagsterUi, index_run: str) -> list[dict[str, Any]]:
         runs = ui.graphql(RUNS_TAGGED, {"key": "cdc/index-run", "value": index_run})["runsOrError"][
             "results"
         ]
-        if len(runs) == len(SLICES) and all(r["status"] in DONE_STATUSES for r in runs):
+        if len(runs) == slice_count and all(r["status"] in DONE_STATUSES for r in runs):
             return runs
         time.sleep(POLL_S)
     pytest.fail(
@@ -345,19 +318,22 @@ def chromium(*arguments: str, profile: Path) -> str:
 
 
 def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
-    dagster_ui, declaration, keyspace, pg_schema, tmp_path
+    dagster_ui, items_declaration, keyspace, pg_schema, tmp_path, cql_session
 ):
+    (names,) = table_names(load_config(items_declaration))
+    disagreeing = items_partition_of(cql_session, names, ITEMS_MISSING_ID)
     paths = {
         "/".join(node["key"]["path"])
         for node in dagster_ui.graphql(ASSET_KEYS)["assetsOrError"]["nodes"]
     }
+    # One folder per table, each node named by its system and table.
     expected = {
-        f"scylla/{keyspace}/items",
-        f"kafka/scylla.{keyspace}.items",
-        f"postgres/{pg_schema}/items",
-        f"target_index/{keyspace}/items",
-        f"reconciliation/{keyspace}/items",
-        f"repair/{keyspace}/items",
+        f"{keyspace}/items/scylla_items",
+        f"{keyspace}/items/kafka_items",
+        f"{keyspace}/items/postgres_items",
+        f"{keyspace}/items/target_index_items",
+        f"{keyspace}/items/reconciliation_items",
+        f"{keyspace}/items/repair_items",
     }
     assert expected <= paths, paths
 
@@ -378,7 +354,7 @@ def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
     index_run = launch(
         dagster_ui,
         f"reconcile__{keyspace}__items",
-        assets=[["target_index", keyspace, "items"]],
+        assets=[[keyspace, "items", "target_index_items"]],
         tags={
             "cdc/table": source,
             "cdc/stage": "index",
@@ -387,7 +363,7 @@ def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
         },
     )
     wait_for_run(dagster_ui, index_run)
-    slice_runs = wait_for_slice_runs(dagster_ui, index_run)
+    slice_runs = wait_for_slice_runs(dagster_ui, index_run, names.slice_count)
     assert {r["status"] for r in slice_runs} == {"SUCCESS"}, slice_runs
     for run in slice_runs:
         tags = {t["key"]: t["value"] for t in run["tags"]}
@@ -396,20 +372,32 @@ def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
             "slice",
             "manual",
         )
-    materializations = dagster_ui.graphql(
-        MATERIALIZED_PARTITIONS, {"path": ["reconciliation", keyspace, "items"]}
-    )["assetOrError"]["assetMaterializations"]
-    assert sorted(m["partition"] for m in materializations) == list(SLICES)
-    missing = sum(
-        e["intValue"]
+    reconciliation = [keyspace, "items", "reconciliation_items"]
+    materializations = dagster_ui.graphql(MATERIALIZED_PARTITIONS, {"path": reconciliation})[
+        "assetOrError"
+    ]["assetMaterializations"]
+    assert sorted(m["partition"] for m in materializations) == sorted(names.slices)
+    missing = {
+        m["partition"]: e["intValue"]
         for m in materializations
         for e in m["metadataEntries"]
         if e["label"] == "missing"
-    )
-    assert missing == 1
+    }
+    assert missing == {key: int(key == disagreeing) for key in names.slices}
+
+    # The partitions name their token ranges, and the slice check shows which one disagrees.
+    node = dagster_ui.graphql(PARTITION_CHECKS, {"path": reconciliation})["assetNodeOrError"]
+    (dimension,) = node["partitionKeysByDimension"]
+    assert dimension["partitionKeys"] == list(names.slices)
+    assert all(" < token <= " in key for key in dimension["partitionKeys"])
+    (check,) = node["assetChecksOrError"]["checks"]
+    assert check["name"] == "slice_in_sync"
+    statuses = check["partitionStatuses"]
+    assert statuses["failedPartitions"] == [disagreeing]
+    assert sorted(statuses["succeededPartitions"]) == sorted(set(names.slices) - {disagreeing})
 
     profile = tmp_path / "chromium-profile"
-    graph_url = f"{dagster_ui.url}/asset-groups/{keyspace}"
+    graph_url = f"{dagster_ui.url}/asset-groups/{names.group}"
     screenshot = tmp_path / "asset-graph.png"
     chromium(f"--screenshot={screenshot}", graph_url, profile=profile)
     assert screenshot.stat().st_size > 10_000
@@ -419,11 +407,9 @@ def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
     if artifacts:
         shutil.copy(screenshot, Path(artifacts) / "asset-graph.png")
         (Path(artifacts) / "asset-graph.html").write_text(dom)
-    # The lineage graph labels each node with its table name, the topic with its own name.
-    assert dom.count(">items<") >= len(expected) - 1, (
-        "the lineage graph does not show the table's assets"
-    )
-    assert f"scylla.{keyspace}.items" in dom
+    # The lineage graph of the table's group labels each node with its system and table.
+    for label in (path.rsplit("/", 1)[1] for path in expected):
+        assert f">{label}<" in dom, f"the lineage graph has no node labelled {label}"
     # The catalog lists every asset by its full key.
     for path in expected:
         assert " / ".join(path.split("/")) in catalog, f"the asset catalog does not list {path}"

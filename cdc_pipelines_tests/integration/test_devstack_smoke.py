@@ -162,31 +162,23 @@ def test_pushgateway_serves_a_pushed_metric(pushgateway_url, unique_name):
     requests.delete(f"{pushgateway_url}/metrics/job/{unique_name}", timeout=10)
 
 
-def test_dagster_asset_runs_on_a_postgres_backed_instance(settings, tmp_path, postgres_dsn):
-    import os
-    import shutil
-
+def test_dagster_asset_runs_on_a_postgres_backed_instance(instance, dagster_storage):
     import dagster as dg
 
-    repo_home = Path(__file__).resolve().parents[2] / "dagster_home" / "dagster.yaml"
-    shutil.copy(repo_home, tmp_path / "dagster.yaml")
+    from cdc_pipelines_tests.conftest import libpq_url
 
     @dg.asset
     def smoke_value() -> int:
         return 41 + 1
 
-    os.environ.setdefault("DAGSTER_PG_URL", "")
-    instance = dg.DagsterInstance.from_config(str(tmp_path))
-    try:
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-        result = dg.materialize([smoke_value], instance=instance)
-        assert result.success
-        assert result.output_for_node("smoke_value") == 42
-        stored = instance.get_run_by_id(result.run_id)
-        assert stored is not None and stored.status == dg.DagsterRunStatus.SUCCESS
-    finally:
-        instance.dispose()
-    with psycopg.connect(postgres_dsn.rsplit("/", 1)[0] + "/dagster") as conn:
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    result = dg.materialize([smoke_value], instance=instance)
+    assert result.success
+    assert result.output_for_node("smoke_value") == 42
+    stored = instance.get_run_by_id(result.run_id)
+    assert stored is not None and stored.status == dg.DagsterRunStatus.SUCCESS
+    # Stored in the tests' own database, never in the instance the README opens.
+    with psycopg.connect(libpq_url(dagster_storage.url)) as conn:
         found = conn.execute(
             "SELECT status FROM runs WHERE run_id = %s", (result.run_id,)
         ).fetchone()

@@ -447,7 +447,9 @@ def test_a_successful_index_run_fans_out_one_run_per_slice(defs, instance, names
     )
     requests = sensor(context)
     assert isinstance(requests, list)
-    assert [r.partition_key for r in requests] == ["00", "01", "02", "03"]
+    # One run per slice, its partition named by the slice id and token range.
+    assert [r.partition_key for r in requests] == list(names.slices)
+    assert [names.slice_id(r.partition_key) for r in requests] == ["00", "01", "02", "03"]
     assert {r.job_name for r in requests} == {names.reconcile_job}
     assert all(r.asset_selection == [names.reconciliation_key] for r in requests)
     assert [r.run_key for r in requests] == [f"{run.run_id}:{s}" for s in ("00", "01", "02", "03")]

@@ -17,7 +17,10 @@ import pytest
 
 from cdc_pipelines.config import load_config
 from cdc_pipelines.defs.build import build_definitions, load_definitions
+from cdc_pipelines.defs.names import TableNames
 from cdc_pipelines.errors import ConfigError
+from cdc_pipelines.replicated_table import resolve
+from cdc_pipelines.ring.slices import MAX_TOKEN, MIN_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "pipeline.yaml"
@@ -41,6 +44,10 @@ EXTRA_TABLE = """
 """
 
 
+def first_sentence(text: str | None) -> str:
+    return (text or "").split(". ", 1)[0]
+
+
 def shape(defs: dg.Definitions) -> dict[str, object]:
     """What a reviewer should see change: keys, groups, kinds, partitions, checks, jobs, automation."""
     graph = defs.resolve_asset_graph()
@@ -48,11 +55,14 @@ def shape(defs: dg.Definitions) -> dict[str, object]:
     for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
         node = graph.get(key)
         partitions = node.partitions_def
+        keys = [] if partitions is None else list(partitions.get_partition_keys())
         assets[key.to_user_string()] = {
             "group": node.group_name,
             "kinds": sorted(node.kinds),
             "deps": sorted(k.to_user_string() for k in node.parent_keys),
-            "partitions": None if partitions is None else len(partitions.get_partition_keys()),
+            "partitions": None if partitions is None else len(keys),
+            "first_and_last_partition": keys[:1] + keys[-1:],
+            "about": first_sentence(node.description),
             "materializable": node.is_materializable,
         }
     checks = sorted(
@@ -95,16 +105,23 @@ def test_every_table_gets_its_lineage_jobs_and_slices():
     graph = load_definitions(EXAMPLE).resolve_asset_graph()
     for table in config.tables:
         ks, t = table.keyspace, table.table
-        reconciliation = graph.get(dg.AssetKey(["reconciliation", ks, t]))
+        names = TableNames(resolve(config, table.source))
+        reconciliation = graph.get(dg.AssetKey([ks, t, f"reconciliation_{t}"]))
         assert reconciliation.partitions_def is not None
         keys = reconciliation.partitions_def.get_partition_keys()
         assert len(keys) == config.slices_for(table)
-        assert keys[0] == "00"
+        assert keys[0] == names.partition_key("00")
+        assert keys[0].startswith(f"00: {MIN_TOKEN} < token <= ")
+        assert keys[-1].endswith(f" < token <= {MAX_TOKEN}")
+        assert [names.slice_id(k) for k in keys] == list(names.slice_ids)
         assert (
-            dg.AssetKey(["scylla", ks, t])
-            in graph.get(dg.AssetKey(["kafka", config.topic_for(table)])).parent_keys
+            dg.AssetKey([ks, t, f"scylla_{t}"])
+            in graph.get(dg.AssetKey([ks, t, f"kafka_{t}"])).parent_keys
         )
-        assert reconciliation.group_name == ks
+        chain = [k for k in graph.get_all_asset_keys() if k.path[:2] == [ks, t]]
+        assert len(chain) == 6
+        assert {graph.get(k).group_name for k in chain} == {f"{ks}__{t}"}
+        assert all(graph.get(k).kinds for k in chain)
 
 
 def test_adding_a_table_to_the_declaration_adds_its_assets(tmp_path):
@@ -117,12 +134,12 @@ def test_adding_a_table_to_the_declaration_adds_its_assets(tmp_path):
         for k in set(after_defs.resolve_asset_graph().get_all_asset_keys()) - before
     }
     assert added == {
-        "scylla/shop/returns",
-        "kafka/scylla.shop.returns",
-        "postgres/shop/returns",
-        "target_index/shop/returns",
-        "reconciliation/shop/returns",
-        "repair/shop/returns",
+        "shop/returns/scylla_returns",
+        "shop/returns/kafka_returns",
+        "shop/returns/postgres_returns",
+        "shop/returns/target_index_returns",
+        "shop/returns/reconciliation_returns",
+        "shop/returns/repair_returns",
     }
     assert after_defs.resolve_job_def("reconcile__shop__returns").partitions_def is not None
 
@@ -172,7 +189,7 @@ def test_the_nightly_schedule_requests_one_index_run_per_table():
     ]
     for request, table in zip(requests, config.tables, strict=True):
         assert request.asset_selection == [
-            dg.AssetKey(["target_index", table.keyspace, table.table])
+            dg.AssetKey([table.keyspace, table.table, f"target_index_{table.table}"])
         ]
         assert request.tags["cdc/stage"] == "index"
         assert request.tags["cdc/table"] == table.source
@@ -181,7 +198,7 @@ def test_the_nightly_schedule_requests_one_index_run_per_table():
 def test_repair_is_a_dry_run_unless_the_run_config_says_apply():
     defs = load_definitions(EXAMPLE)
     job = defs.resolve_job_def("repair_slice__demo__orders")
-    op = "repair__demo__orders"
+    op = "demo__orders__repair_orders"
     default = {"apply": False, "audit": "keys"}
     assert dg.validate_run_config(job, {})["ops"][op]["config"] == default
     applied = {"ops": {op: {"config": {"apply": True}}}}
