@@ -10,11 +10,15 @@ reads in the YAML (``tables[0](shop.orders).columns.total.type``) and the fix.
 from __future__ import annotations
 
 import difflib
+import gc
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,10 +60,40 @@ CONNECT_LIST_SEPARATORS = (",",)
 CONNECT_RENAME_SEPARATORS = (",", ":")
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (("scylla", "password"),)
 KEY_FORBIDDEN_TYPES = frozenset({"duration", "counter"})
+# CQL native protocol: ScyllaDB speaks v4 (v5 framing in the Python driver has dropped
+# connections with "CRC mismatch on header"); 3 serves old clusters, 5 Cassandra 4+.
+DEFAULT_PROTOCOL_VERSION = 4
+SINGLE_REPLICA_LEVELS = frozenset({"ONE", "LOCAL_ONE"})
+PROTOCOL_VERSIONS = (3, 4, 5)
+# Names the reconciliation gives to the columns it adds next to a table's own, so a declared
+# column must not take them (unit/test_config.py checks they match where they are defined):
+# rows.canonical.ROW_HASH_COLUMN and postgres.target_index.TOKEN_COLUMN sit beside every
+# canonical column (key, compared and version columns);
+INDEX_COLUMNS = frozenset({"_cdc_row_hash", "_token"})
+# reconcile.diff_step.KIND_COLUMN/DIFFERING_COLUMN and reconcile.diff.SOURCE_VALUES/
+# TARGET_VALUES sit beside the key columns of the candidate and mismatch tables;
+CANDIDATE_COLUMNS = frozenset({"kind", "differing_columns", "source_values", "target_values"})
+# postgres.key_reads.POSITION_COLUMN sits beside the canonical columns of a target re-read (a
+# declared column of that name is stepped around, the version column is not).
+VERIFY_POSITION_COLUMN = "_cdc_verify_position"
+# Characters no column name may hold: control, format (zero-width space, BOM, bidi
+# overrides), surrogate and private-use characters, line and paragraph separators. They are
+# invisible or undefined, so a name holding one looks like another in every message and
+# client; ZWJ/ZWNJ are kept between letters, where scripts such as Persian need them.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+JOINERS = frozenset({"\u200c", "\u200d"})
+# A CQL type nests a handful of levels in practice; deeper text is refused before parsing.
+MAX_TYPE_NESTING = 32
+# YAML: documents deeper than this are refused (a declaration needs about eight levels), and
+# aliases may add at most this many nodes, or as many as the document has, whichever is more.
+MAX_YAML_DEPTH = 64
+YAML_ALIAS_NODE_ALLOWANCE = 100_000
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _WHOLE_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}$")
 _YAML_STR_TAG = "tag:yaml.org,2002:str"
+_YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _Model(BaseModel):
@@ -153,6 +187,27 @@ def _identifier(value: str, what: str) -> str:
     return value
 
 
+def _visible(value: str, what: str) -> None:
+    if value.isprintable():  # False for every invisible category (and for spaces but ' ')
+        return
+    for i, char in enumerate(value):
+        if unicodedata.category(char) not in INVISIBLE_CATEGORIES:
+            continue
+        if (
+            char in JOINERS
+            and 0 < i < len(value) - 1
+            and all(unicodedata.category(c)[0] in "LM" for c in (value[i - 1], value[i + 1]))
+        ):
+            continue
+        label = unicodedata.name(char, "a control character")
+        raise ValueError(
+            f"{what} {value!r} contains U+{ord(char):04X} ({label}) at position {i}, an "
+            "invisible character: the name would look like another one in every message and "
+            "SQL client, and such characters are usually pasted by accident; remove it from "
+            "the name (and rename the column at the source if it really holds one)"
+        )
+
+
 def _qualified(value: str, what: str) -> tuple[str, str]:
     parts = value.split(".")
     if len(parts) != 2 or not all(parts):
@@ -167,6 +222,35 @@ def _without_separators(name: str, what: str, separators: tuple[str, ...]) -> No
             f"{what} {name!r} contains {' and '.join(repr(b) for b in bad)}, which Kafka Connect's "
             "list options split on; rename the column"
         )
+    if name[:1].isspace() or name[-1:].isspace():
+        raise ValueError(
+            f"{what} {name!r} starts or ends with whitespace, which Kafka Connect's list "
+            "options trim away, so the transform would miss the column; rename the column"
+        )
+
+
+def cql_type_of(text: str) -> CqlType:
+    """``parse_cql_type`` for declaration text, memoized (a large declaration repeats a few
+    types thousands of times) and refusing nesting deeper than :data:`MAX_TYPE_NESTING`."""
+    return _parsed_type(text)
+
+
+@lru_cache(maxsize=4096)
+def _parsed_type(text: str) -> CqlType:
+    depth = deepest = 0
+    for char in text:
+        depth += (char == "<") - (char == ">")
+        deepest = max(deepest, depth)
+    if deepest > MAX_TYPE_NESTING:
+        raise CqlTypeSyntaxError(
+            f"the type nests {deepest} levels deep, more than {MAX_TYPE_NESTING}; "
+            "declare a flatter type"
+        )
+    return parse_cql_type(text)
+
+
+def _has_counter(cql_type: CqlType) -> bool:
+    return cql_type.name == "counter" or any(_has_counter(p) for p in cql_type.params)
 
 
 class ColumnSpec(_Model):
@@ -179,13 +263,15 @@ class ColumnSpec(_Model):
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, value: str) -> str:
-        return _identifier(value, "column name")
+        _identifier(value, "column name")
+        _visible(value, "column name")
+        return value
 
     @field_validator("type")
     @classmethod
     def _type_parses(cls, value: str) -> str:
         try:
-            parse_cql_type(value)
+            cql_type_of(value)
         except CqlTypeSyntaxError as exc:
             raise ValueError(f"not a CQL type: {exc}") from None
         return value
@@ -202,7 +288,7 @@ class ColumnSpec(_Model):
 
     @cached_property
     def cql_type(self) -> CqlType:
-        return parse_cql_type(self.type)
+        return cql_type_of(self.type)
 
 
 class TableSpec(_Model):
@@ -265,6 +351,17 @@ class TableSpec(_Model):
         for i, name in enumerate(names):
             if index[name] != i:
                 raise _error_at(f"column {name!r} is declared more than once", "columns", i)
+        for i, declared in enumerate(self.columns):
+            if "counter" in declared.type.lower() and _has_counter(declared.cql_type):
+                raise _error_at(
+                    f"column {declared.name!r} is a counter: ScyllaDB cannot enable CDC on a table "
+                    "with counter columns (scylladb/scylladb#6553), so no change of this table "
+                    "would ever reach PostgreSQL, and a counter has no WRITETIME to version its "
+                    "rows by; leave this table out of pipeline.yaml",
+                    "columns",
+                    i,
+                    "type",
+                )
         if not self.partition_key:
             raise _error_at("must name at least one column", "partition_key")
         listed: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -314,6 +411,24 @@ class TableSpec(_Model):
         clash = sorted(set(self.exclude) & set(self.mask))
         if clash:
             raise _error_at(f"columns {clash} are both excluded and masked; keep one", "mask")
+        excluded = set(self.exclude)
+        for i, declared in enumerate(self.columns):
+            if declared.name in INDEX_COLUMNS and declared.name not in excluded:
+                raise _error_at(
+                    f"column {declared.name!r} has the name of a column the reconciliation adds "
+                    "to its target index; rename the column (in ScyllaDB and PostgreSQL) or "
+                    "exclude it",
+                    "columns",
+                    i,
+                )
+            if declared.name in CANDIDATE_COLUMNS and declared.name in seen:
+                raise _error_at(
+                    f"key column {declared.name!r} has the name of a column the reconciliation "
+                    "adds next to the key columns of its discrepancy candidates; rename the key "
+                    "column (in ScyllaDB and PostgreSQL)",
+                    "columns",
+                    i,
+                )
         for i, expectation in enumerate(self.expectations):
             column = expectation.column
             if column is not None and column not in index:
@@ -376,6 +491,38 @@ class ScyllaConnection(_Model):
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"] = "LOCAL_QUORUM"
     fetch_size: int = Field(5000, ge=100, le=100_000)
     concurrency: int = Field(8, ge=1, le=256)
+    # strict: YAML's `true` would otherwise be taken as version 1
+    protocol_version: int = Field(DEFAULT_PROTOCOL_VERSION, strict=True)
+    # A row is deleted from the target only after a read at this level finds it gone too.
+    delete_consistency: Literal[
+        "ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"
+    ] = "QUORUM"
+    allow_single_replica_deletes: bool = Field(False, strict=True)
+
+    @model_validator(mode="after")
+    def _deletes_ask_a_quorum(self) -> ScyllaConnection:
+        if (
+            self.delete_consistency in SINGLE_REPLICA_LEVELS
+            and not self.allow_single_replica_deletes
+        ):
+            raise _error_at(
+                f"{self.delete_consistency} asks one replica, and a replica that missed a write "
+                "would confirm a row as deleted; use QUORUM (the default) or LOCAL_QUORUM, or "
+                "set allow_single_replica_deletes: true to accept that risk",
+                "delete_consistency",
+            )
+        return self
+
+    @field_validator("protocol_version")
+    @classmethod
+    def _protocol_the_source_speaks(cls, value: int) -> int:
+        if value not in PROTOCOL_VERSIONS:
+            raise ValueError(
+                f"{value} is not a CQL native protocol version the driver can use with ScyllaDB; "
+                f"write 4 (ScyllaDB's, the default), 3 for an older cluster or 5 for Cassandra "
+                "4 and later"
+            )
+        return value
 
 
 class SecretsConfig(_Model):
@@ -472,7 +619,13 @@ class Defaults(_Model):
     @classmethod
     def _version_column_name(cls, value: str) -> str:
         _identifier(value, "version column")
+        _visible(value, "version column")
         _without_separators(value, "version column", CONNECT_RENAME_SEPARATORS)
+        if value in INDEX_COLUMNS or value == VERIFY_POSITION_COLUMN:
+            raise ValueError(
+                f"{value!r} is the name of a column the reconciliation adds next to the "
+                f"version column; choose another name (the default is {DEFAULT_VERSION_COLUMN!r})"
+            )
         return value
 
 
@@ -503,7 +656,7 @@ class PipelineConfig(_Model):
                 raise _error_at(f"user type {udt!r} declares no fields", udt)
             for field_name, type_text in fields.items():
                 try:
-                    field_type = parse_cql_type(type_text)
+                    field_type = cql_type_of(type_text)
                 except CqlTypeSyntaxError as exc:
                     raise _error_at(f"not a CQL type: {exc}", udt, field_name) from None
                 for nested in _udt_names(field_type):
@@ -652,7 +805,8 @@ def parse_config(
             f"{source}: the declaration must be a mapping with a 'tables' list, got {got}"
         )
     try:
-        return PipelineConfig.model_validate(document)
+        with _no_cyclic_gc():
+            return PipelineConfig.model_validate(document)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, document, exc)) from None
 
@@ -665,25 +819,21 @@ def load_yaml_document(text: str, source: str, environ: Mapping[str, str]) -> An
     comment is ignored. Mapping keys are always strings, so a column named
     ``on``, ``yes`` or ``null`` keeps its name. A key repeated in one mapping
     is an error instead of YAML's silent last-one-wins.
+
+    The document is parsed by libyaml when PyYAML has it and composed here without
+    recursion: nesting deeper than :data:`MAX_YAML_DEPTH` and aliases that would repeat
+    more than :data:`YAML_ALIAS_NODE_ALLOWANCE` nodes (or the document's own count, if
+    larger) are refused with the line, so neither a deep file nor a "billion laughs" can
+    exhaust the stack, the memory or the time.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _YAML_LOADER(text)
     try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        for path, scalar in _walk(node, (), source):
-            if "${" in scalar.value:
-                _check_secret_reference(path, scalar, source)
-                new_value = interpolate_env(
-                    scalar.value, environ, source, scalar.start_mark.line + 1
-                )
-                if scalar.style is None:
-                    # A plain ${SLICES} resolves like the value written in its place.
-                    scalar.tag = loader.resolve(yaml.ScalarNode, new_value, (True, False))
-                scalar.value = new_value
-            elif path in SECRET_FIELDS and scalar.value not in ("", "~", "null"):
-                _check_secret_reference(path, scalar, source)
-        return loader.construct_document(node)
+        with _no_cyclic_gc():
+            node = _compose(loader, source)
+            if node is None:
+                return None
+            _interpolate(node, loader, source, environ)
+            return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -695,34 +845,214 @@ def load_yaml_document(text: str, source: str, environ: Mapping[str, str]) -> An
         loader.dispose()
 
 
-def _walk(
-    node: yaml.Node, path: tuple[str, ...], source: str
-) -> Iterator[tuple[tuple[str, ...], yaml.ScalarNode]]:
-    if isinstance(node, yaml.ScalarNode):
-        yield path, node
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from _walk(item, (*path, "[]"), source)
-    elif isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key_node.tag = _YAML_STR_TAG
-                line = key_node.start_mark.line + 1
-                if key_node.value in seen:
-                    raise ConfigError(
-                        f"{source}:{line}: key {key_node.value!r} appears twice in the same "
-                        f"mapping (first on line {seen[key_node.value]}); YAML would silently keep "
-                        "only the last one"
-                    )
-                seen[key_node.value] = line
-                yield from _walk(value_node, (*path, key_node.value), source)
-            else:
-                yield from _walk(value_node, (*path, "?"), source)
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a document's objects are built: they all stay
+    alive, and a million of them made each collection rescan the growing heap (a 19 MB
+    declaration loaded in 16 s instead of 6)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
-def _check_secret_reference(path: tuple[str, ...], scalar: yaml.ScalarNode, source: str) -> None:
-    if path in SECRET_FIELDS and not _WHOLE_ENV_REF.match(scalar.value.strip()):
+# A composed node: the node, how many nodes it stands for with aliases expanded, and how
+# many collection levels it holds (0 for a scalar).
+_Composed = tuple[yaml.Node, int, int]
+
+
+@dataclass
+class _OpenCollection:
+    node: yaml.SequenceNode | yaml.MappingNode
+    anchor: str | None
+    size: int = 1
+    height: int = 1
+    key: yaml.Node | None = None  # a mapping key waiting for its value
+
+
+def _compose(loader: Any, source: str) -> yaml.Node | None:
+    """The single document's node graph, built from parser events with an explicit stack."""
+    get_event, resolve = loader.get_event, loader.resolve
+    get_event()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        return None
+    get_event()  # document start
+    anchors: dict[str, _Composed] = {}
+    stack: list[_OpenCollection] = []
+    distinct = borrowed = 0
+    while True:
+        event = get_event()
+        kind = type(event)
+        if kind is yaml.AliasEvent:
+            done = _alias(event, anchors, stack, source)
+            borrowed += done[1]
+            allowance = max(YAML_ALIAS_NODE_ALLOWANCE, distinct)
+            if borrowed > allowance:
+                raise ConfigError(
+                    f"{source}:{event.start_mark.line + 1}: alias *{event.anchor} makes the "
+                    f"aliases repeat more than {allowance} nodes (each alias copies its anchor's "
+                    "whole subtree, so nested aliases grow exponentially); write the repeated "
+                    "parts out or use fewer aliases"
+                )
+        elif kind is yaml.ScalarEvent:
+            distinct += 1
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = resolve(yaml.ScalarNode, event.value, event.implicit)
+            node = yaml.ScalarNode(
+                tag, event.value, event.start_mark, event.end_mark, style=event.style
+            )
+            done = (node, 1, 0)
+            if event.anchor is not None:
+                anchors[_new_anchor(event, anchors, stack, source)] = done
+        elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+            distinct += 1
+            if len(stack) >= MAX_YAML_DEPTH:
+                raise _too_deep(source, event.start_mark.line + 1)
+            node_kind = yaml.SequenceNode if kind is yaml.SequenceStartEvent else yaml.MappingNode
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = resolve(node_kind, None, event.implicit)
+            collection = node_kind(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            anchor = None if event.anchor is None else _new_anchor(event, anchors, stack, source)
+            stack.append(_OpenCollection(collection, anchor))
+            continue
+        elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+            closed = stack.pop()
+            closed.node.end_mark = event.end_mark
+            done = (closed.node, closed.size, closed.height)
+            if closed.anchor is not None:
+                anchors[closed.anchor] = done
+        else:  # the parser only hands over the events above inside a document
+            raise ConfigError(
+                f"{source}:{event.start_mark.line + 1}: not valid YAML: unexpected {event}"
+            )
+        if not stack:
+            _single_document(loader, source)
+            return done[0]
+        parent = stack[-1]
+        parent.size += done[1]
+        if done[2] >= parent.height:
+            parent.height = done[2] + 1
+        if parent.node.id == "sequence":
+            parent.node.value.append(done[0])
+        elif parent.key is None:
+            parent.key = done[0]
+        else:
+            parent.node.value.append((parent.key, done[0]))
+            parent.key = None
+
+
+def _new_anchor(
+    event: Any, anchors: dict[str, _Composed], stack: list[_OpenCollection], source: str
+) -> str:
+    anchor = str(event.anchor)
+    if anchor in anchors or any(o.anchor == anchor for o in stack):
+        raise ConfigError(
+            f"{source}:{event.start_mark.line + 1}: not valid YAML: anchor &{anchor} is defined "
+            "twice; give each anchor its own name"
+        )
+    return anchor
+
+
+def _alias(
+    event: Any,
+    anchors: dict[str, _Composed],
+    stack: list[_OpenCollection],
+    source: str,
+) -> _Composed:
+    anchor, line = str(event.anchor), event.start_mark.line + 1
+    if anchor not in anchors:
+        if any(o.anchor == anchor for o in stack):
+            raise ConfigError(
+                f"{source}:{line}: alias *{anchor} refers to a node that contains it; a "
+                "declaration cannot be recursive"
+            )
+        raise ConfigError(
+            f"{source}:{line}: not valid YAML: alias *{anchor} has no anchor before it"
+        )
+    done = anchors[anchor]
+    if len(stack) + done[2] > MAX_YAML_DEPTH:
+        raise _too_deep(source, line)
+    return done
+
+
+def _too_deep(source: str, line: int) -> ConfigError:
+    return ConfigError(
+        f"{source}:{line}: the document nests more than {MAX_YAML_DEPTH} levels deep here; a "
+        "declaration needs about eight, so check the indentation and brackets"
+    )
+
+
+def _single_document(loader: Any, source: str) -> None:
+    loader.get_event()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        event = loader.get_event()
+        raise ConfigError(
+            f"{source}:{event.start_mark.line + 1}: not valid YAML: a second document starts "
+            "here; a declaration is one document"
+        )
+
+
+def _interpolate(root: yaml.Node, loader: Any, source: str, environ: Mapping[str, str]) -> None:
+    """Types every mapping key as a string, refuses repeated keys and literal secrets, and
+    replaces ``${ENV}`` references in scalar values (each scalar once, aliases or not)."""
+    originals: dict[int, str] = {}  # id of an interpolated scalar -> its text in the file
+    pending: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while pending:
+        node, path = pending.pop()
+        if isinstance(node, yaml.ScalarNode):
+            raw = originals.get(id(node), str(node.value))
+            if "${" in raw:
+                _check_secret_reference(path, raw, node, source)
+                if id(node) not in originals:
+                    originals[id(node)] = raw
+                    new_value = interpolate_env(raw, environ, source, node.start_mark.line + 1)
+                    if not node.style:  # None or "" (libyaml) for a plain scalar
+                        # A plain ${SLICES} resolves like the value written in its place.
+                        node.tag = loader.resolve(yaml.ScalarNode, new_value, (True, False))
+                    node.value = new_value
+            elif path in SECRET_FIELDS and raw not in ("", "~", "null"):
+                _check_secret_reference(path, raw, node, source)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend((item, (*path, "[]")) for item in reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            pending.extend(reversed(_mapping_children(node, path, source)))
+
+
+def _mapping_children(
+    node: yaml.MappingNode, path: tuple[str, ...], source: str
+) -> list[tuple[yaml.Node, tuple[str, ...]]]:
+    children: list[tuple[yaml.Node, tuple[str, ...]]] = []
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _YAML_MERGE_TAG:
+            # Merged keys belong to this mapping: `<<: *base` or `<<: [*a, *b]`.
+            merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            children.extend((m, path) for m in merged)
+        elif isinstance(key_node, yaml.ScalarNode):
+            key_node.tag = _YAML_STR_TAG
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise ConfigError(
+                    f"{source}:{line}: key {key_node.value!r} appears twice in the same "
+                    f"mapping (first on line {seen[key_node.value]}); YAML would silently keep "
+                    "only the last one"
+                )
+            seen[key_node.value] = line
+            children.append((value_node, (*path, key_node.value)))
+        else:
+            children.append((value_node, (*path, "?")))
+    return children
+
+
+def _check_secret_reference(
+    path: tuple[str, ...], value: str, scalar: yaml.ScalarNode, source: str
+) -> None:
+    if path in SECRET_FIELDS and not _WHOLE_ENV_REF.match(value.strip()):
         dotted = ".".join(path)
         raise ConfigError(
             f"{source}:{scalar.start_mark.line + 1}: {dotted} is a secret and must not be written "

@@ -91,7 +91,7 @@ def cql_session(settings: ConnectionSettings) -> Iterator[object]:
         list(settings.scylla_contact_points),
         port=settings.scylla_port,
         connect_timeout=10,
-        protocol_version=5,
+        protocol_version=4,
     )
     try:
         session = cluster.connect()

@@ -1,7 +1,9 @@
 """Primary keys from canonical Arrow rows back to the values cassandra-driver binds.
 
 The diff works on canonical keys (uuid as 16 bytes, varint and decimal as text,
-timestamps in µs); re-reading a key on both sides needs it as the driver's value.
+timestamps in µs, times in ns); re-reading a key on both sides needs it as the driver's
+value. A ``time`` key keeps its nanoseconds: it is read from Arrow as an integer, because
+``datetime.time`` holds microseconds only, and bound as ``cassandra.util.Time``.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import uuid
 from decimal import Decimal
 
 import pyarrow as pa
+from cassandra.util import Time
 
 from cdc_pipelines.cqltypes import CqlType
 from cdc_pipelines.errors import ReconcileError
-from cdc_pipelines.rows.canonical import CanonicalSchema
+from cdc_pipelines.rows.canonical import CanonicalColumn, CanonicalSchema, time_nanos
 
 Key = tuple[object, ...]
 
@@ -33,9 +36,8 @@ def driver_value(value: object, cql: CqlType, column: str) -> object:
         return Decimal(str(value))
     if name == "timestamp" and isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if name == "time" and isinstance(value, dt.time):
-        seconds = value.hour * 3600 + value.minute * 60 + value.second
-        return seconds * 1_000_000_000 + value.microsecond * 1000
+    if name == "time":
+        return Time(time_nanos(value))
     if cql.is_collection or name in ("tuple", "udt"):
         raise ReconcileError(
             f"key column {column!r} is a {cql}: re-reading such keys by value is not "
@@ -46,11 +48,18 @@ def driver_value(value: object, cql: CqlType, column: str) -> object:
 
 def driver_keys(keys: pa.Table, schema: CanonicalSchema) -> list[Key]:
     """Every row of ``keys`` (the key columns of canonical rows) as a driver key tuple."""
-    columns = [(keys.column(c.name).to_pylist(), c.cql_type, c.name) for c in schema.key_columns]
+    columns = [(_python_values(keys, c), c.cql_type, c.name) for c in schema.key_columns]
     return [
         tuple(driver_value(values[i], cql, name) for values, cql, name in columns)
         for i in range(keys.num_rows)
     ]
+
+
+def _python_values(keys: pa.Table, column: CanonicalColumn) -> list[object]:
+    values = keys.column(column.name)
+    if column.cql_type.name == "time":  # to_pylist() would cut nanoseconds to microseconds
+        values = values.cast(pa.int64())
+    return values.to_pylist()
 
 
 def key_identity(key: Key) -> object:

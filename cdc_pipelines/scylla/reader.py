@@ -3,6 +3,14 @@
 Each sub-range of the slice is read with ``token(pk) > ? AND token(pk) <= ?``,
 paged, several sub-ranges at a time; every row carries the write time of its
 non-key columns (``WRITETIME``), whose maximum becomes the row's version in µs.
+
+A partition that holds static values and no clustering row comes back as one row whose
+clustering columns are NULL. It is no row of the table (PostgreSQL cannot key it), so the
+scan leaves it out.
+
+A request that fails because its connection did (dropped, timed out, no host left) raises
+:class:`~cdc_pipelines.scylla.session.CqlConnectionError`, which callers may retry with a
+fresh session; any other failure raises a plain :class:`ServiceError`.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from cdc_pipelines.ring.slices import TokenRange, TokenSlice, cql_token_bounds
 from cdc_pipelines.rows.canonical import from_python_rows
 from cdc_pipelines.rows.layout import version_columns
 from cdc_pipelines.rows.mask import mask_row
-from cdc_pipelines.scylla.session import quote_cql
+from cdc_pipelines.scylla.session import CqlConnectionError, is_connection_failure, quote_cql
 
 DEFAULT_SUBRANGES_PER_SLICE = 16
 ROWS_PER_BATCH = 50_000
@@ -37,6 +45,7 @@ class SourceQuery:
     timestamped: int
     spec: TableSpec
     mask_salt: bytes | None = field(default=None, repr=False)
+    clustering: tuple[int, ...] = ()  # positions of the clustering columns in ``names``
 
     @classmethod
     def for_table(cls, table: ReplicatedTable) -> SourceQuery:
@@ -51,7 +60,12 @@ class SourceQuery:
             f"SELECT {', '.join(columns)} FROM {quote_cql(spec.keyspace)}.{quote_cql(spec.table)} "
             f"WHERE token({partition}) > ? AND token({partition}) <= ?"
         )
-        return cls(cql, canonical, len(stamped), spec, table.mask_salt)
+        clustering = tuple(canonical.index(n) for n in spec.clustering_key)
+        return cls(cql, canonical, len(stamped), spec, table.mask_salt, clustering)
+
+    def is_static_only(self, row: Sequence[object]) -> bool:
+        """A partition's static values without a clustering row (its clustering key is NULL)."""
+        return any(row[i] is None for i in self.clustering)
 
     def canonical_row(self, row: Sequence[object]) -> list[object]:
         selected = len(self.names)
@@ -80,7 +94,10 @@ def read_ranges(
     try:
         statement = session.prepare(query.cql)
     except Exception as exc:  # InvalidRequest names the unknown column or table
-        raise ServiceError(f"{table.source}: cannot prepare the scan query: {exc}") from None
+        error = CqlConnectionError if is_connection_failure(exc) else ServiceError
+        raise error(
+            f"{table.source}: cannot prepare the scan query ({type(exc).__name__}: {exc})"
+        ) from None
     statement.fetch_size = fetch_size
     bounds = cql_token_bounds(ranges)
     batches: list[pa.RecordBatch] = []
@@ -94,6 +111,8 @@ def read_ranges(
         results_generator=True,
     )
     for result in _rows_of(results, table):
+        if query.is_static_only(result):
+            continue
         pending.append(query.canonical_row(result))
         if len(pending) >= ROWS_PER_BATCH:
             batches.append(from_python_rows(pending, schema))
@@ -113,11 +132,18 @@ def _rows_of(results: Iterable[object], table: TableSpec) -> Iterable[Sequence[o
             success: bool = outcome[0]  # type: ignore[index]
             rows: Iterable[Sequence[object]] = outcome[1]  # type: ignore[index]
             if not success:
-                raise ServiceError(f"{table.source}: a token-range scan failed: {rows}")
+                failed = isinstance(rows, BaseException) and is_connection_failure(rows)
+                error = CqlConnectionError if failed else ServiceError
+                raise error(f"{table.source}: a token-range scan failed: {rows!r}")
             yield from rows
     except ServiceError:
         raise
-    except Exception as exc:  # timeouts, unavailable replicas
+    except Exception as exc:  # dropped connections, timeouts, unavailable replicas
+        if is_connection_failure(exc):
+            raise CqlConnectionError(
+                f"{table.source}: the connection of a token-range scan failed "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         raise ServiceError(
             f"{table.source}: the token-range scan failed ({type(exc).__name__}: {exc}); "
             "lower the concurrency or raise the consistency timeout"

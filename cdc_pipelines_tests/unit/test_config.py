@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
+from cdc_pipelines import config as config_module
 from cdc_pipelines.config import (
+    CANDIDATE_COLUMNS,
     DEFAULT_VERSION_COLUMN,
+    INDEX_COLUMNS,
+    PG_IDENTIFIER_MAX_BYTES,
+    VERIFY_POSITION_COLUMN,
     MaskMode,
     PipelineConfig,
     TimestampPrecision,
@@ -198,3 +206,150 @@ def test_load_config_reads_the_path_from_the_environment_variable(
     path.write_text(one_table("      id: int\n"), encoding="utf-8")
     monkeypatch.setenv("CDC_PIPELINE_CONFIG", str(path))
     assert load_config(environ={}).tables[0].source == "ks.t"
+
+
+def test_names_that_only_look_risky_stay_accepted() -> None:
+    # Every name is quoted in CQL, SQL and the sink, so case-only twins are two columns; the
+    # reconciliation's own column names only clash where it adds them (kind next to keys,
+    # _token in the target index, a target re-read's position next to the version column).
+    text = one_table(
+        "      id: int\n      Status: text\n      status: text\n      kind: text\n"
+        '      _cdc_verify_position: int\n      _token: text\n      "pct%": text\n'
+        '      "Mixed Case": text\n      naïve_ключ: text\n      "nbsp\\u00a0inside": text\n'
+        '      "می\\u200cخواهم": text\n      \'quote"inside\': text\n',
+        extra="    exclude: [_token]\n",
+    )
+    table = parse_config(text, "t.yaml", {}).tables[0]
+    assert [c.name for c in table.columns] == [
+        "id",
+        "Status",
+        "status",
+        "kind",
+        "_cdc_verify_position",
+        "_token",
+        "pct%",
+        "Mixed Case",
+        "naïve_ключ",
+        "nbsp\u00a0inside",
+        "می\u200cخواهم",  # ZWNJ between letters: Persian spelling needs it
+        'quote"inside',
+    ]
+
+
+def test_the_reserved_names_are_the_ones_the_reconciliation_uses() -> None:
+    from cdc_pipelines.postgres.key_reads import POSITION_COLUMN
+    from cdc_pipelines.postgres.target_index import TOKEN_COLUMN
+    from cdc_pipelines.reconcile.diff import DIFFERING_COLUMNS, SOURCE_VALUES, TARGET_VALUES
+    from cdc_pipelines.reconcile.diff_step import DIFFERING_COLUMN, KIND_COLUMN
+    from cdc_pipelines.rows.canonical import ROW_HASH_COLUMN
+
+    assert {ROW_HASH_COLUMN, TOKEN_COLUMN} == INDEX_COLUMNS
+    assert {KIND_COLUMN, DIFFERING_COLUMN, DIFFERING_COLUMNS, SOURCE_VALUES, TARGET_VALUES} == (
+        CANDIDATE_COLUMNS
+    )
+    assert POSITION_COLUMN == VERIFY_POSITION_COLUMN
+
+
+def test_the_protocol_version_is_4_unless_declared() -> None:
+    assert parse_config(one_table("      id: int\n"), "t.yaml", {}).scylla.protocol_version == 4
+    declared = "scylla:\n  protocol_version: ${PROTOCOL:-5}\n" + one_table("      id: int\n")
+    assert parse_config(declared, "t.yaml", {}).scylla.protocol_version == 5
+    assert parse_config(declared, "t.yaml", {"PROTOCOL": "3"}).scylla.protocol_version == 3
+
+
+def large_declaration(tables: int, columns: int) -> str:
+    parts = ["version: 1\ndefaults:\n  tolerances: &strict {float_abs: 0.0001}\ntables:\n"]
+    for t in range(tables):
+        parts.append(
+            f"  - source: ks{t % 7}.table_{t}\n    target: schema_{t % 7}.table_{t}\n"
+            "    partition_key: [id, region]\n    clustering_key: [line]\n"
+            "    tolerances: *strict\n"
+            "    columns:\n      id: int\n      region: text\n      line: bigint\n"
+            + "".join(
+                f"      column_{c}: {('text', 'decimal', 'map<text, int>', 'timestamp')[c % 4]}\n"
+                for c in range(columns)
+            )
+            + "    exclude: [column_0]\n    mask: {column_4: hash}\n"
+            "    expectations: [{kind: not_null, column: column_1}]\n"
+        )
+    return "".join(parts)
+
+
+def test_a_declaration_of_2000_tables_loads_with_its_aliases() -> None:
+    config = parse_config(large_declaration(2000, 20), "large.yaml", {})
+    assert len(config.tables) == 2000
+    assert config.tables[1999].source == "ks4.table_1999"
+    assert len(config.tables[1999].columns) == 23
+    assert {t.tolerances for t in config.tables} == {config.defaults.tolerances}
+
+
+def test_merge_keys_and_aliases_of_env_references_resolve_like_the_text_they_stand_for() -> None:
+    declared = one_table("      id: int\n", extra="    description: &pw ${PW}\n") + (
+        "scylla:\n  <<: {consistency: QUORUM, fetch_size: 500}\n  password: *pw\n"
+    )
+    config = parse_config(declared, "t.yaml", {"PW": "s3cret"})
+    assert config.scylla.password == "s3cret"
+    assert (config.scylla.consistency, config.scylla.fetch_size) == ("QUORUM", 500)
+    literal = declared.replace("description: &pw ${PW}", "description: &pw hunter2")
+    with pytest.raises(ConfigError, match=r"scylla.password is a secret"):
+        parse_config(literal, "t.yaml", {})
+    merged = declared.replace("<<: {consistency: QUORUM, fetch_size: 500}", "<<: {password: x}")
+    with pytest.raises(ConfigError, match=r"scylla.password is a secret"):
+        parse_config(merged.replace("  password: *pw\n", ""), "t.yaml", {"PW": "s3cret"})
+
+
+def test_the_pure_python_parser_reads_the_example_like_libyaml(
+    monkeypatch: pytest.MonkeyPatch, example: PipelineConfig
+) -> None:
+    monkeypatch.setattr(config_module, "_YAML_LOADER", yaml.SafeLoader)
+    assert load_config(EXAMPLE, {}) == example
+    with pytest.raises(ConfigError, match=r"t.yaml:65: the document nests more than 64"):
+        parse_config("".join("  " * i + f"k{i}:\n" for i in range(100)) + "x\n", "t.yaml", {})
+
+
+# Names made of visible characters (letters in any script, digits, punctuation, symbols and
+# spaces), short enough for PostgreSQL.
+VISIBLE_NAMES = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"),
+        blacklist_characters='"',
+    ),
+    min_size=1,
+    max_size=12,
+).filter(lambda n: len(n.encode()) <= PG_IDENTIFIER_MAX_BYTES and n != "id")
+INVISIBLE = st.characters(
+    whitelist_categories=("Cc", "Cf", "Co", "Zl", "Zp"),
+    blacklist_characters="\x00\u200c\u200d",
+)
+
+
+def yaml_quoted(text: str) -> str:
+    """A YAML double-quoted scalar of ``text``: printable characters as they are, others
+    escaped (YAML reads a raw control or line-separator character differently)."""
+    return (
+        '"'
+        + "".join(c if c.isprintable() and c not in '"\\' else f"\\U{ord(c):08x}" for c in text)
+        + '"'
+    )
+
+
+def column_declaration(name: str) -> str:
+    return one_table(f"      id: int\n      {yaml_quoted(name)}: text\n")
+
+
+@given(name=VISIBLE_NAMES)
+def test_a_visible_name_is_accepted_and_kept_exactly(name: str) -> None:
+    table = parse_config(column_declaration(name), "t.yaml", {}).tables[0]
+    assert [c.name for c in table.columns] == ["id", name]
+
+
+@given(name=VISIBLE_NAMES, hidden=INVISIBLE, at=st.integers(min_value=0))
+def test_a_name_holding_an_invisible_character_is_refused_with_its_code_point(
+    name: str, hidden: str, at: int
+) -> None:
+    position = at % (len(name) + 1)
+    tainted = name[:position] + hidden + name[position:]
+    with pytest.raises(ConfigError) as caught:
+        parse_config(column_declaration(tainted), "t.yaml", {})
+    assert f"U+{ord(hidden):04X}" in str(caught.value)
+    assert "invisible" in str(caught.value)

@@ -321,6 +321,140 @@ CASES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
         {},
         ("connectors.heartbeat_interval_ms", "greater than or equal to 1"),
     ),
+    (
+        "protocol-version-unknown",
+        "scylla: {protocol_version: 6}\n" + VALID,
+        {},
+        ("scylla.protocol_version", "6 is not a CQL native protocol version", "write 4"),
+    ),
+    (
+        "protocol-version-boolean",
+        "scylla: {protocol_version: true}\n" + VALID,
+        {},
+        ("scylla.protocol_version", "valid integer"),
+    ),
+    (
+        "column-name-with-zero-width-space",
+        variant("      email: text\n", '      "email\\u200b": text\n'),
+        {},
+        (f"{T0}.columns['email\\u200b'].name", "U+200B (ZERO WIDTH SPACE)", "invisible"),
+    ),
+    (
+        "column-name-with-bidi-override",
+        variant("      email: text\n", '      "e\\u202email": text\n'),
+        {},
+        (f"{T0}.columns['e\\u202email'].name", "RIGHT-TO-LEFT OVERRIDE", "remove it"),
+    ),
+    (
+        "column-name-with-tab",
+        variant("      email: text\n", '      "e\\tmail": text\n'),
+        {},
+        (f"{T0}.columns['e\\tmail'].name", "U+0009", "invisible"),
+    ),
+    (
+        "masked-column-with-trailing-space",
+        variant("      email: text\n", '      "email ": text\n').replace(
+            "mask: {email: hash}", "mask: {'email ': hash}"
+        ),
+        {},
+        (f"{T0}.mask", "'email '", "starts or ends with whitespace", "trim away"),
+    ),
+    (
+        "counter-column",
+        variant("      email: text\n", "      email: text\n      views: counter\n"),
+        {},
+        (f"{T0}.columns.views.type", "is a counter", "cannot enable CDC", "leave this table out"),
+    ),
+    (
+        "column-named-like-the-index-token",
+        variant("      email: text\n", "      email: text\n      _token: bigint\n"),
+        {},
+        (f"{T0}.columns._token", "adds to its target index", "rename the column"),
+    ),
+    (
+        "column-named-like-the-row-hash",
+        variant("      email: text\n", "      email: text\n      _cdc_row_hash: bigint\n"),
+        {},
+        (f"{T0}.columns._cdc_row_hash", "adds to its target index"),
+    ),
+    (
+        "key-column-named-kind",
+        variant("clustering_key: [line]", "clustering_key: [kind]").replace(
+            "      line: int\n", "      kind: text\n"
+        ),
+        {},
+        (f"{T0}.columns.kind", "key column 'kind'", "discrepancy candidates"),
+    ),
+    (
+        "key-column-named-differing-columns",
+        variant("partition_key: [id]", "partition_key: [differing_columns]").replace(
+            "      id: int\n", "      differing_columns: int\n"
+        ),
+        {},
+        (f"{T0}.columns.differing_columns", "key column 'differing_columns'"),
+    ),
+    (
+        "version-column-named-like-the-verify-position",
+        "defaults: {version_column: _cdc_verify_position}\n" + VALID,
+        {},
+        ("defaults.version_column", "adds next to the version column"),
+    ),
+    (
+        "version-column-named-like-the-index-token",
+        "defaults: {version_column: _token}\n" + VALID,
+        {},
+        ("defaults.version_column", "'_token'", "choose another name"),
+    ),
+    (
+        "cql-type-nested-too-deep",
+        variant("total: decimal", "total: " + "frozen<list<" * 40 + "int" + ">>" * 40),
+        {},
+        (f"{T0}.columns.total.type", "nests 80 levels deep", "flatter"),
+    ),
+    (
+        "yaml-alias-bomb",
+        "".join(
+            f"x{i}: &x{i} [" + ", ".join([f"*x{i - 1}"] * 9 if i else ["lol"] * 9) + "]\n"
+            for i in range(10)
+        )
+        + VALID,
+        {},
+        ("pipeline.yaml:6:", "alias *x4", "more than 100000 nodes", "use fewer aliases"),
+    ),
+    (
+        "yaml-recursive-alias",
+        "x: &loop [1, *loop]\n" + VALID,
+        {},
+        ("pipeline.yaml:1:", "alias *loop refers to a node that contains it"),
+    ),
+    (
+        "yaml-deep-block-nesting",
+        "".join("  " * i + f"k{i}:\n" for i in range(100)) + "  " * 100 + "leaf\n",
+        {},
+        ("pipeline.yaml:65:", "nests more than 64 levels deep"),
+    ),
+    (
+        "yaml-deep-flow-nesting",
+        "x: " + "[" * 50_000 + "]" * 50_000 + "\n" + VALID,
+        {},
+        ("pipeline.yaml:1:", "not valid YAML"),
+    ),
+    (
+        "yaml-deep-nesting-through-aliases",
+        "".join(
+            f"x{i}: &x{i} [[[[[[[[[[" + (f"*x{i - 1}" if i else "1") + "]]]]]]]]]]\n"
+            for i in range(10)
+        )
+        + VALID,
+        {},
+        ("pipeline.yaml:7:", "nests more than 64 levels deep"),
+    ),
+    (
+        "yaml-second-document",
+        VALID + "---\n" + VALID,
+        {},
+        ("pipeline.yaml:16:", "a second document starts here"),
+    ),
 ]
 
 

@@ -1,0 +1,42 @@
+"""``reconcile --slices`` is checked like the declaration's slice count, before any service
+is contacted: exit 2 and a message naming the option, the value and the allowed range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cdc_pipelines.cli import main
+from cdc_pipelines.config import MAX_SLICE_COUNT
+
+DECLARATION = """\
+tables:
+  - source: shop.orders
+    target: public.orders
+    partition_key: [id]
+    columns: {id: int, total: decimal}
+"""
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", str(MAX_SLICE_COUNT + 1)])
+def test_a_slice_count_out_of_range_exits_2_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(DECLARATION, encoding="utf-8")
+    code = main(["reconcile", "shop.orders", "--config", str(path), "--slices", bad])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--slices {bad}" in err
+    assert f"between 1 and {MAX_SLICE_COUNT}" in err
+
+
+def test_a_slice_count_that_is_not_a_number_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(DECLARATION, encoding="utf-8")
+    code = main(["reconcile", "shop.orders", "--config", str(path), "--slices", "many"])
+    assert code == 2
+    assert "--slices" in capsys.readouterr().err
