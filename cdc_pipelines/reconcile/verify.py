@@ -154,6 +154,7 @@ def verify_in_chunks(
     read_target: TargetReader,
     catch_up: CatchUp | None = None,
     chunk_size: int | None = None,
+    confirm_absent: SourceReader | None = None,
 ) -> Iterator[VerificationResult]:
     """Reclassify the diff's candidates from a fresh read of both sides, ``chunk_size`` keys
     (default :data:`VERIFY_CHUNK`) at a time, so memory follows the chunk, not the drift.
@@ -164,6 +165,9 @@ def verify_in_chunks(
     :func:`cdc_pipelines.scylla.key_reads.read_source_rows` and
     :func:`cdc_pipelines.postgres.key_reads.read_target_rows`; bind them with
     ``functools.partial``). Pass the ``catch_up`` result to keep it with the verdicts.
+    ``confirm_absent`` re-reads the keys the source lacks while the target has them, at the
+    delete consistency, before they are confirmed extra (a delete must not trust a replica
+    that missed a write).
     """
     size = chunk_size or VERIFY_CHUNK
     unique = _unique(candidates)
@@ -176,6 +180,7 @@ def verify_in_chunks(
             cutoff_us=cutoff_us,
             read_source=read_source,
             read_target=read_target,
+            confirm_absent=confirm_absent,
         )
         yield verdicts.result(catch_up)
 
@@ -231,6 +236,7 @@ def _verify_chunk(
     cutoff_us: int,
     read_source: SourceReader,
     read_target: TargetReader,
+    confirm_absent: SourceReader | None = None,
 ) -> None:
     """Re-read one chunk of keys on both sides; memory stays bounded by the chunk."""
     sources = list(read_source(keys))
@@ -240,6 +246,11 @@ def _verify_chunk(
             f"table {replicated.source}: a reader returned {len(sources)}/{len(targets)} rows for "
             f"{len(keys)} keys; readers must return one entry (or None) per key"
         )
+    extra = [i for i, (s, t) in enumerate(zip(sources, targets, strict=True)) if s is None and t]
+    if confirm_absent is not None and extra:
+        confirmed = confirm_absent([keys[i] for i in extra])
+        for i, row in zip(extra, confirmed, strict=True):
+            sources[i] = row
     both = [
         i
         for i, (s, t) in enumerate(zip(sources, targets, strict=True))

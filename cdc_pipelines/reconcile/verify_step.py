@@ -178,6 +178,13 @@ class CandidateVerifier:
             read_source=read_source,
             read_target=self.read_target,
             catch_up=self.catch_up,
+            confirm_absent=self.confirm_absent,
+        )
+
+    def confirm_absent(self, keys: Sequence[Key]) -> list[SourceRow | None]:
+        """The source rows of ``keys`` read at the delete consistency (``scylla.delete_consistency``)."""
+        return read_source_rows(
+            self._cql(), self.table, keys, consistency=self.table.scylla.delete_consistency
         )
 
     def source_presence(

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.util import Date
@@ -224,10 +225,18 @@ class _Statements:
         return SourceRow((*mask_row(self.table, self.names, data, self.mask_salt), version))
 
 
-def _execute(session: Session, cql: str, arguments: list[tuple[Any, ...]], concurrency: int) -> Any:
+def _execute(
+    session: Session,
+    cql: str,
+    arguments: list[tuple[Any, ...]],
+    concurrency: int,
+    consistency: str | None = None,
+) -> Any:
     if not arguments:
         return []
     statement = session.prepare(cql)
+    if consistency is not None:
+        statement.consistency_level = getattr(ConsistencyLevel, consistency)
     return execute_concurrent_with_args(
         session, statement, arguments, concurrency=concurrency, raise_on_first_error=True
     )
@@ -239,12 +248,13 @@ def read_source_rows(
     keys: Sequence[Key],
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
+    consistency: str | None = None,
 ) -> list[SourceRow | None]:
     """Re-read ``keys`` from the source; one entry per key (None: the row does not exist).
 
     The version is the largest ``WRITETIME`` of the row's non-key single-cell columns
     (``NO_VERSION`` when none is set; multi-cell collections and counters have no cell write
-    time).
+    time). ``consistency`` (a CQL level name) overrides the session's for these reads.
     """
     table = replicated.spec
     for key in keys:
@@ -259,12 +269,13 @@ def read_source_rows(
     rows: list[SourceRow | None] = [None] * len(keys)
     try:
         if plan is not None and plan.groups:
-            _read_batched(session, statements, plan, keys, rows)
+            _read_batched(session, statements, plan, keys, rows, consistency)
         outcomes = _execute(
             session,
             statements.point(),
             [tuple(cql_key_value(v) for v in keys[i]) for i in singles],
             concurrency,
+            consistency,
         )
         for index, outcome in zip(singles, outcomes, strict=True):
             found = list(outcome.result_or_exc)
@@ -283,6 +294,7 @@ def _read_batched(
     plan: _Plan,
     keys: Sequence[Key],
     rows: list[SourceRow | None],
+    consistency: str | None = None,
 ) -> None:
     table = statements.table
     varying = plan.varying
@@ -304,7 +316,7 @@ def _read_batched(
             requests.append((*fixed[:varying], values, *fixed[varying:]))
             wanted.append(by_value)
     position = statements.positions[table.primary_key[varying]]
-    outcomes = _execute(session, statements.batched(varying), requests, IN_CONCURRENCY)
+    outcomes = _execute(session, statements.batched(varying), requests, IN_CONCURRENCY, consistency)
     for by_value, outcome in zip(wanted, outcomes, strict=True):
         for found in outcome.result_or_exc:
             row = statements.source_row(found)

@@ -414,3 +414,33 @@ def test_every_cql_type_round_trips_source_to_repair_to_verified_equal(
         )
     assert result.confirmed == () and result.in_flight == ()
     assert sorted(result.resolved) == sorted(keys)
+
+
+def test_an_extra_row_is_confirmed_by_a_quorum_read_before_it_may_be_deleted(
+    cql_session: Any, keyspace: str, orders: TableSpec, postgres_dsn: str, audit: AuditTables
+) -> None:
+    """A replica that missed a write answers "no such row"; the delete consistency's read
+    finds it, so the target row is not confirmed extra (and never deleted)."""
+    write_source(cql_session, keyspace, 1, T0)
+    table = replicated(orders)
+    with psycopg.connect(postgres_dsn) as conn:
+        fresh = read_source_rows(cql_session, table, [key(1)])
+        apply_repair(conn, plan_repair(table, [fresh[0].values]), audit=audit)  # type: ignore[union-attr]
+
+        def stale_replica(keys: Any) -> Any:
+            return [None] * len(keys)
+
+        common = {
+            "cutoff_us": CUTOFF,
+            "read_source": stale_replica,
+            "read_target": partial(read_target_rows, conn, table),
+        }
+        trusting = verify_discrepancies(table, [Candidate(key(1), CandidateKind.EXTRA)], **common)
+        quorum = partial(read_source_rows, cql_session, table, consistency="QUORUM")
+        checked = list(
+            verify.verify_in_chunks(
+                table, [Candidate(key(1), CandidateKind.EXTRA)], confirm_absent=quorum, **common
+            )
+        )
+    assert [c.kind for c in trusting.confirmed] == [CandidateKind.EXTRA]
+    assert checked[0].confirmed == () and checked[0].resolved == (key(1),)

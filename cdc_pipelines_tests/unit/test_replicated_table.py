@@ -72,3 +72,16 @@ def test_a_slice_override_changes_only_the_slices() -> None:
 def test_worker_processes_receive_the_table_whole() -> None:
     table = resolve(parse_config(DECLARATION), "shop.orders").with_slices(5)
     assert pickle.loads(pickle.dumps(table)) == table
+
+
+@pytest.mark.parametrize("level", ["ONE", "LOCAL_ONE"])
+def test_deletes_confirmed_by_one_replica_must_be_asked_for(level: str) -> None:
+    weak = f"scylla: {{delete_consistency: {level}}}\n" + DECLARATION
+    with pytest.raises(ConfigError, match=r"scylla\.delete_consistency.*asks one replica"):
+        parse_config(weak)
+    allowed = (
+        f"scylla: {{delete_consistency: {level}, allow_single_replica_deletes: true}}\n"
+        + DECLARATION
+    )
+    assert resolve(parse_config(allowed), "shop.orders").scylla.delete_consistency == level
+    assert resolve(parse_config(DECLARATION), "shop.orders").scylla.delete_consistency == "QUORUM"
