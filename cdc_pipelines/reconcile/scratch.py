@@ -53,8 +53,15 @@ class ScratchLayout:
         return self.slices_dir / f"slice={slice_id}.repair-{run_id}.sql"
 
     def discrepancies(self, run_id: str) -> Path:
-        """A whole-table run's confirmed discrepancies (Parquet)."""
-        return self.table_dir / f"discrepancies-{run_id}.parquet"
+        """A whole-table run's confirmed discrepancies: a Parquet dataset, one file a slice."""
+        return self.table_dir / f"discrepancies-{run_id}"
+
+    def discrepancy_part(self, run_id: str, slice_id: str) -> Path:
+        return self.discrepancies(run_id) / f"slice={slice_id}.parquet"
+
+    def script_part(self, run_id: str, slice_id: str) -> Path:
+        """One slice's part of a whole-table run's dry-run script."""
+        return self.planned_chunks(run_id) / f"slice={slice_id}.sql"
 
     def planned_chunks(self, run_id: str) -> Path:
         """Where a repair keeps its checked plans until every chunk is planned."""

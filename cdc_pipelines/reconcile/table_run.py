@@ -19,6 +19,7 @@ from typing import Protocol
 
 from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.errors import CdcPipelinesError, ReconcileError
+from cdc_pipelines.kafka.offsets import CatchUp
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import new_run_id, render_script
 from cdc_pipelines.reconcile.diff_step import SliceOutcome, diff_table_slice
@@ -41,7 +42,7 @@ from cdc_pipelines.reconcile.verify_step import (
     CatchUpWait,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import TokenSlice, slice_by_id, slice_ids
+from cdc_pipelines.ring.slices import slice_by_id, slice_ids
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_WORKERS = 2
@@ -129,11 +130,12 @@ def run_reconciliation(
 ) -> ReconcileReport:
     """Index the target, diff every slice, verify the candidates, report, and repair on request.
 
-    With ``options.repair`` each chunk of verified discrepancies is repaired as soon as it is
-    verified (fresh reads right before the write; memory follows the chunk); a value that
-    cannot be written stops the run after the chunks already repaired, with a partial report.
+    Candidates are verified and planned a chunk at a time, and with ``options.repair`` the
+    checked plans are applied once every chunk is planned (ADR 0010); a batch that fails
+    stops the run with a partial report of what was committed.
 
-    With ``options.workers`` > 1 slices are diffed in processes started from a fork server,
+    With ``options.workers`` > 1 slices are diffed, verified and planned in processes
+    started from a fork server,
     which imports the caller's main module: a script calling this needs the usual
     ``if __name__ == "__main__":`` guard.
     """
@@ -176,6 +178,66 @@ def run_reconciliation(
     return report
 
 
+@dataclass(frozen=True)
+class SliceJob:
+    """What a worker needs to verify and plan one slice's candidates."""
+
+    table: ReplicatedTable
+    settings: ConnectionSettings
+    scan: ScanMarker
+    wait: CatchUpWait
+    catch_up: CatchUp | None
+    outcome: SliceOutcome
+    layout: ScratchLayout
+    run_id: str
+    repairing: bool
+
+
+@dataclass(frozen=True)
+class SlicePlanned:
+    """A slice verified and planned: its verdicts, and where its plans or script part wait."""
+
+    slice_id: str
+    tally: Tally
+    plans: tuple[Path, ...]  # checked plans to apply, in order (repair)
+    script: Path | None  # its part of the dry-run script (dry run)
+
+
+def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
+    """Verify one slice's candidates a chunk at a time; record the verdicts in the slice's
+    Parquet file and check each chunk's plan, writing it to the slice's script part (dry
+    run) or to a scratch file for the repair. Runs in a slice worker process."""
+    table, outcome, layout, run_id = job.table, job.outcome, job.layout, job.run_id
+    token_slice = slice_by_id(outcome.slice_id, table.slices)
+    candidates = read_candidates(Path(outcome.candidates_path))
+    spill = layout.planned_chunks(run_id)
+    spill.mkdir(parents=True, exist_ok=True)
+    tally, plans = Tally(), []
+    script_path = None if job.repairing else layout.script_part(run_id, outcome.slice_id)
+    with ExitStack() as stack:
+        verifier = stack.enter_context(
+            CandidateVerifier(table, job.settings, job.scan, job.wait, catch_up=job.catch_up)
+        )
+        confirmed = stack.enter_context(
+            ConfirmedWriter(layout.discrepancy_part(run_id, outcome.slice_id))
+        )
+        script = None if script_path is None else stack.enter_context(script_path.open("w"))
+        chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
+        for number, verification in enumerate(chunks):
+            tally += Tally.of(verification)
+            confirmed.write(verification)
+            chunk = plan_chunk(table, verification, run_id)
+            if chunk.plan.is_empty:
+                continue
+            if script is not None:
+                script.write(render_script(chunk.plan))
+            else:
+                path = spill / f"slice={outcome.slice_id}.{number:06d}.pickle"
+                path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                plans.append(path)
+    return SlicePlanned(outcome.slice_id, tally, tuple(plans), script_path)
+
+
 def _verify_and_act(
     table: ReplicatedTable,
     settings: ConnectionSettings,
@@ -185,62 +247,78 @@ def _verify_and_act(
     layout: ScratchLayout,
     outcomes: list[SliceOutcome],
 ) -> int:
-    """Verify and plan every slice's candidates a chunk at a time, then repair.
+    """Verify and plan every slice (``options.workers`` processes at a time), then repair.
 
-    Each chunk's verdicts are recorded and its plan checked (a value that cannot be written
-    stops the run here, before anything is written). A dry run writes the plans to the SQL
-    script; ``--repair`` spills them to scratch files and applies them once every chunk is
-    planned, so memory follows the chunk, not the drift. Returns how many confirmed
-    discrepancies the repair settled.
+    Every chunk's plan is checked before anything is written: a value that cannot be
+    written stops the run with the target untouched. A dry run joins the slices' script
+    parts into the SQL script; ``--repair`` applies the checked plans in slice order, so
+    memory follows the chunk, not the drift. Returns how many confirmed discrepancies the
+    repair settled.
     """
     run_id = report.run_id or new_run_id()
     repairing = options.repair and (verifier.confirmed or options.repair_unconfirmed)
+    jobs = [
+        SliceJob(
+            table,
+            settings,
+            verifier.scan,
+            options.wait,
+            verifier.catch_up,
+            o,
+            layout,
+            run_id,
+            repairing,
+        )
+        for o in outcomes
+        if o.candidates
+    ]
+    if not jobs:  # the dataset is there, empty, for whoever reads it
+        with ConfirmedWriter(layout.discrepancy_part(run_id, "none")):
+            pass
+    slices = _run_slice_jobs(jobs, options.workers)
+    for planned in slices:
+        report.add_verdicts(planned.tally)
     spill = layout.planned_chunks(run_id)
-    planned: list[tuple[Path, TokenSlice, int]] = []
-    with ExitStack() as stack:
-        confirmed = stack.enter_context(ConfirmedWriter(layout.discrepancies(run_id)))
-        script = None
-        if not repairing:
-            report.dry_run_sql_path = str(layout.repair_script(run_id))
-            script = stack.enter_context(open(report.dry_run_sql_path, "w", encoding="utf-8"))
-        for outcome in outcomes:
-            if not outcome.candidates:
-                continue
-            token_slice = slice_by_id(outcome.slice_id, table.slices)
-            candidates = read_candidates(Path(outcome.candidates_path))
-            for verification in verifier.verify_in_chunks(
-                candidates, token_slice, outcome.source_rows
-            ):
-                report.add_verdicts(Tally.of(verification))
-                confirmed.write(verification)
-                chunk = plan_chunk(table, verification, run_id)
-                if chunk.plan.is_empty:
-                    continue
-                if script is not None:
-                    script.write(render_script(chunk.plan))
-                else:
-                    path = spill / f"{len(planned):06d}.pickle"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
-                    planned.append((path, token_slice, outcome.source_rows))
-        if script is not None and not script.tell():
-            script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
-    if not planned:
+    if not repairing:
+        report.dry_run_sql_path = str(layout.repair_script(run_id))
+        with open(report.dry_run_sql_path, "w", encoding="utf-8") as script:
+            parts = [p.script for p in slices if p.script is not None and p.script.stat().st_size]
+            for part in parts:
+                with part.open(encoding="utf-8") as text:
+                    shutil.copyfileobj(text, script)
+            if not parts:
+                script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
+        shutil.rmtree(spill, ignore_errors=True)
         return 0
+    if not any(p.plans for p in slices):
+        shutil.rmtree(spill, ignore_errors=True)
+        return 0
+    rows_by_slice = {o.slice_id: o.source_rows for o in outcomes}
     with Repairer(settings.postgres_dsn, run_id, options.repair_settings) as repairer:
         try:
-            for path, token_slice, rows in planned:
-                chunk = pickle.loads(path.read_bytes())
-                done = apply_planned(
-                    table, chunk, repairer, verifier.source_presence(token_slice, rows)
-                )
-                report.undone_after_source_delete += done.undone if done else 0
-                path.unlink()
+            for planned in slices:
+                token_slice = slice_by_id(planned.slice_id, table.slices)
+                presence = verifier.source_presence(token_slice, rows_by_slice[planned.slice_id])
+                for path in planned.plans:
+                    chunk = pickle.loads(path.read_bytes())
+                    done = apply_planned(table, chunk, repairer, presence)
+                    report.undone_after_source_delete += done.undone if done else 0
+                    path.unlink()
         finally:
             settled = report.add_repair(repairer.totals())
     shutil.rmtree(spill, ignore_errors=True)
     # Rows taken back after a source delete were counted as deleted, not settled twice.
     return settled - report.undone_after_source_delete
+
+
+def _run_slice_jobs(jobs: list[SliceJob], workers: int) -> list[SlicePlanned]:
+    """Every job's result in slice order, ``workers`` processes at a time."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [verify_and_plan_slice(job) for job in jobs]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([verify_and_plan_slice.__module__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        return list(pool.map(verify_and_plan_slice, jobs))
 
 
 class RepairInterrupted(ReconcileError):

@@ -89,10 +89,13 @@ class CandidateVerifier:
         settings: ConnectionSettings,
         scan: ScanMarker,
         wait: CatchUpWait = CatchUpWait(),
+        catch_up: CatchUp | None = None,
     ) -> None:
+        """``catch_up``: the sink's catch-up when another verifier of the same scan already
+        established it (slice workers), so it is not waited for again."""
         self.table, self.settings = with_mask_salt(table), settings
         self.scan, self.wait = scan, wait
-        self.catch_up: CatchUp | None = None
+        self.catch_up: CatchUp | None = catch_up
         self._stack = ExitStack()
         self._session: Any = None
         self._conn: psycopg.Connection[Any] | None = None
