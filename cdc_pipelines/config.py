@@ -60,6 +60,34 @@ CONNECT_LIST_SEPARATORS = (",",)
 CONNECT_RENAME_SEPARATORS = (",", ":")
 SECRET_FIELDS: tuple[tuple[str, ...], ...] = (("scylla", "password"),)
 KEY_FORBIDDEN_TYPES = frozenset({"duration", "counter"})
+# What the stream's mask transforms can mask: types the connector sends as text (HashFields
+# or MaskField), numbers, booleans and times (MaskField's zeros); see rows.mask.
+MASKABLE_TYPES = frozenset(
+    {
+        "text",
+        "ascii",
+        "varchar",
+        "uuid",
+        "timeuuid",
+        "varint",
+        "decimal",
+        "inet",
+        "duration",
+        "int",
+        "bigint",
+        "smallint",
+        "tinyint",
+        "float",
+        "double",
+        "boolean",
+        "timestamp",
+        "date",
+        "time",
+    }
+)
+# String-carried types whose connector text (Java's BigDecimal, InetAddress and duration
+# forms) differs from what reconciliation can rebuild: hashing them is refused.
+HASH_TEXT_DIFFERS = frozenset({"decimal", "inet", "duration"})
 # CQL native protocol: ScyllaDB speaks v4 (v5 framing in the Python driver has dropped
 # connections with "CRC mismatch on header"); 3 serves old clusters, 5 Cassandra 4+.
 DEFAULT_PROTOCOL_VERSION = 4
@@ -411,6 +439,21 @@ class TableSpec(_Model):
         clash = sorted(set(self.exclude) & set(self.mask))
         if clash:
             raise _error_at(f"columns {clash} are both excluded and masked; keep one", "mask")
+        for name, mode in self.mask.items():
+            masked_type = self.columns[index[name]].cql_type.name
+            if masked_type not in MASKABLE_TYPES:
+                raise _error_at(
+                    f"column {name!r} is a {masked_type}, which the stream's mask transforms "
+                    "cannot mask (Kafka's MaskField fails on it); exclude it instead",
+                    "mask",
+                )
+            if mode is MaskMode.HASH and masked_type in HASH_TEXT_DIFFERS:
+                raise _error_at(
+                    f"column {name!r} is a {masked_type}: the connector sends it as text whose "
+                    "exact form (scientific notation, long IPv6, duration units) reconciliation "
+                    "cannot reproduce, so its hash could not be compared; use redact or exclude",
+                    "mask",
+                )
         excluded = set(self.exclude)
         for i, declared in enumerate(self.columns):
             if declared.name in INDEX_COLUMNS and declared.name not in excluded:
@@ -487,7 +530,7 @@ class ScyllaConnection(_Model):
     port: int | None = Field(None, ge=1, le=65535)
     local_dc: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(None, repr=False)
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "ALL"] = "LOCAL_QUORUM"
     fetch_size: int = Field(5000, ge=100, le=100_000)
     concurrency: int = Field(8, ge=1, le=256)

@@ -16,6 +16,7 @@ from pathlib import Path
 from cdc_pipelines.commands.common import (
     EXIT_DISCREPANCIES,
     EXIT_OK,
+    EXIT_SERVICE,
     add_config_option,
     declaration,
     say,
@@ -27,6 +28,17 @@ from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR
 from cdc_pipelines.reconcile.table_run import DEFAULT_WORKERS, ReconcileOptions, run_reconciliation
 from cdc_pipelines.reconcile.verify_step import DEFAULT_SETTLE_SECONDS, DEFAULT_VERIFY_TIMEOUT_S
 from cdc_pipelines.replicated_table import resolve
+
+
+def non_negative(text: str) -> float:
+    """A number of seconds, 0 or more (argparse exits 2 with the message otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} seconds: give 0 or more")
+    return value
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,13 +81,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--settle-seconds",
-        type=float,
+        type=non_negative,
         default=DEFAULT_SETTLE_SECONDS,
         help="wait this long before re-reading when Kafka cannot tell whether the sink caught up",
     )
     parser.add_argument(
         "--verify-timeout",
-        type=float,
+        type=non_negative,
         default=DEFAULT_VERIFY_TIMEOUT_S,
         help="wait at most this long for the sink to pass the scan's offsets "
         f"(default {DEFAULT_VERIFY_TIMEOUT_S:g} s); past it the verdicts are unconfirmed",
@@ -100,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
     report = run_reconciliation(table, settings(), options, progress=progress)
     progress.close()
     document = report.to_json()
-    if args.report:
-        Path(args.report).write_text(document + "\n")
-        say(f"report written to {args.report}")
     print(document)
+    if args.report:
+        try:
+            Path(args.report).write_text(document + "\n")
+        except OSError as exc:
+            say(f"error: cannot write the report to {args.report}: {exc.strerror or exc}")
+            return EXIT_SERVICE
+        say(f"report written to {args.report}")
     say(
         f"{table.source}: {report.source_rows} source rows, {report.target_rows} target rows; "
         f"missing {report.missing}, extra {report.extra}, mismatched {report.mismatched}, "

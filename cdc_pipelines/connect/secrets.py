@@ -23,16 +23,62 @@ VAULT_ADDR_ENV = "VAULT_ADDR"
 VAULT_TIMEOUT_S = 10
 
 
-def read_properties(path: Path) -> dict[str, str]:
-    """A Java properties file's ``key=value`` / ``key: value`` lines (comments skipped)."""
-    entries: dict[str, str] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#!":
+def _logical_lines(text: str) -> list[str]:
+    """Java's logical lines: comments dropped, leading blanks stripped, a line ending in an
+    odd number of backslashes continued by the next one (whose leading blanks go)."""
+    lines: list[str] = []
+    pending: str | None = None
+    for raw in text.splitlines():
+        line = raw.lstrip(" \t\f")
+        if pending is None and (not line or line[0] in "#!"):
             continue
-        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
-        key, value = (line[:cut], line[cut + 1 :]) if cut >= 0 else (line, "")
-        entries[key.strip()] = value.strip()
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:
+            pending = (pending or "") + line[:-1]
+            continue
+        lines.append((pending or "") + line)
+        pending = None
+    if pending is not None:
+        lines.append(pending)
+    return lines
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char != "\\" or i + 1 == len(text):
+            out.append(char)
+            i += 1
+            continue
+        following = text[i + 1]
+        if following == "u" and i + 6 <= len(text):
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+            continue
+        out.append(_ESCAPES.get(following, following))
+        i += 2
+    return "".join(out)
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java properties file as ``java.util.Properties.load`` reads it (Kafka's
+    FileConfigProvider does): ``key=value``, ``key: value`` or ``key value``, escapes,
+    continued lines; the value keeps its trailing blanks."""
+    entries: dict[str, str] = {}
+    for line in _logical_lines(path.read_text(encoding="utf-8")):
+        end = 0
+        while end < len(line) and line[end] not in "=: \t\f":
+            end += 2 if line[end] == "\\" else 1
+        key = line[:end]
+        rest = line[end:].lstrip(" \t\f")
+        if rest[:1] in ("=", ":") and line[end : end + 1] in (" ", "\t", "\f", "=", ":"):
+            rest = rest[1:].lstrip(" \t\f")
+        entries[_unescape(key)] = _unescape(rest)
     return entries
 
 
@@ -67,7 +113,8 @@ def _from_vault(secrets: SecretsConfig) -> str:
     except (hvac.exceptions.VaultError, requests.RequestException) as exc:
         raise ServiceError(f"Vault at {url}: cannot read {secrets.vault_path}: {exc}") from None
     data = (answer or {}).get("data") or {}
-    data = data.get("data", data)  # KV version 2 nests the secret one level deeper
+    if isinstance(data.get("metadata"), dict) and isinstance(data.get("data"), dict):
+        data = data["data"]  # KV version 2 nests the secret beside its metadata
     if secrets.mask_salt_key not in data:
         raise ConfigError(
             f"Vault secret {secrets.vault_path} has no {secrets.mask_salt_key!r} key; add the "

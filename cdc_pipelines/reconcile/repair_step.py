@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg_pool
 from psycopg_pool import ConnectionPool
 
+from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import (
     BatchReport,
@@ -32,13 +34,20 @@ from cdc_pipelines.postgres.repair import (
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
 from cdc_pipelines.reconcile.verify import VerificationResult
-from cdc_pipelines.reconcile.verify_step import CandidateVerifier, Presence, merge, slice_rows
+from cdc_pipelines.reconcile.verify_step import (
+    CandidateVerifier,
+    Presence,
+    merge,
+    postgres_connection,
+    slice_rows,
+)
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id
 from cdc_pipelines.rows.keys import Key
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_REPAIR_CONNECTIONS = 2
+POOL_OPEN_TIMEOUT_S = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -86,11 +95,19 @@ class Repairer:
         target = self._target
         if target is None:
             if connections == 1:
-                target = self._stack.enter_context(psycopg.connect(self.dsn))
+                target = self._stack.enter_context(postgres_connection(self.dsn))
             else:
-                target = self._stack.enter_context(
-                    ConnectionPool(self.dsn, min_size=connections, max_size=connections, open=True)
-                )
+                try:
+                    pool = ConnectionPool(
+                        self.dsn, min_size=connections, max_size=connections, open=False
+                    )
+                    pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
+                except psycopg_pool.PoolTimeout as exc:
+                    raise ServiceError(
+                        f"cannot open {connections} PostgreSQL connections for the repair "
+                        f"({exc}); check CDC_POSTGRES_DSN and that the server is up"
+                    ) from None
+                target = self._stack.enter_context(pool)
             self._target = target
         outcome = apply_repair(
             target,

@@ -275,7 +275,11 @@ def _verify_and_act(
     if not jobs:  # the dataset is there, empty, for whoever reads it
         with ConfirmedWriter(layout.discrepancy_part(run_id, "none")):
             pass
-    slices = _run_slice_jobs(jobs, options.workers)
+    try:
+        slices = _run_slice_jobs(jobs, options.workers)
+    except BaseException:
+        shutil.rmtree(layout.planned_chunks(run_id), ignore_errors=True)
+        raise
     for planned in slices:
         report.add_verdicts(planned.tally)
     spill = layout.planned_chunks(run_id)
@@ -306,7 +310,8 @@ def _verify_and_act(
                     path.unlink()
         finally:
             settled = report.add_repair(repairer.totals())
-    shutil.rmtree(spill, ignore_errors=True)
+            # A rerun re-verifies and plans anew: the checked plans are of no further use.
+            shutil.rmtree(spill, ignore_errors=True)
     # Rows taken back after a source delete were counted as deleted, not settled twice.
     return settled - report.undone_after_source_delete
 

@@ -155,6 +155,7 @@ def verify_in_chunks(
     catch_up: CatchUp | None = None,
     chunk_size: int | None = None,
     confirm_absent: SourceReader | None = None,
+    recheck: SourceReader | None = None,
 ) -> Iterator[VerificationResult]:
     """Reclassify the diff's candidates from a fresh read of both sides, ``chunk_size`` keys
     (default :data:`VERIFY_CHUNK`) at a time, so memory follows the chunk, not the drift.
@@ -167,7 +168,9 @@ def verify_in_chunks(
     ``functools.partial``). Pass the ``catch_up`` result to keep it with the verdicts.
     ``confirm_absent`` re-reads the keys the source lacks while the target has them, at the
     delete consistency, before they are confirmed extra (a delete must not trust a replica
-    that missed a write).
+    that missed a write). ``recheck`` re-reads, key by key and after the target's re-read,
+    the source of keys whose target version is ahead: a write the sink applied between the
+    two reads is then in flight, not target-ahead.
     """
     size = chunk_size or VERIFY_CHUNK
     unique = _unique(candidates)
@@ -181,6 +184,7 @@ def verify_in_chunks(
             read_source=read_source,
             read_target=read_target,
             confirm_absent=confirm_absent,
+            recheck=recheck,
         )
         yield verdicts.result(catch_up)
 
@@ -193,6 +197,8 @@ def verify_discrepancies(
     read_source: SourceReader,
     read_target: TargetReader,
     catch_up: CatchUp | None = None,
+    confirm_absent: SourceReader | None = None,
+    recheck: SourceReader | None = None,
 ) -> VerificationResult:
     """Every verdict of :func:`verify_in_chunks` in one result."""
     merged = _Verdicts()
@@ -203,12 +209,23 @@ def verify_discrepancies(
         read_source=read_source,
         read_target=read_target,
         catch_up=catch_up,
+        confirm_absent=confirm_absent,
+        recheck=recheck,
     ):
         merged.confirmed.extend(part.confirmed)
         merged.resolved.extend(part.resolved)
         merged.in_flight.extend(part.in_flight)
         merged.target_ahead.extend(part.target_ahead)
     return merged.result(catch_up)
+
+
+def _ahead(source: SourceRow | None, target: TargetRow | None) -> bool:
+    return (
+        source is not None
+        and target is not None
+        and target.version is not None
+        and target.version > source.version
+    )
 
 
 @dataclass
@@ -237,6 +254,7 @@ def _verify_chunk(
     read_source: SourceReader,
     read_target: TargetReader,
     confirm_absent: SourceReader | None = None,
+    recheck: SourceReader | None = None,
 ) -> None:
     """Re-read one chunk of keys on both sides; memory stays bounded by the chunk."""
     sources = list(read_source(keys))
@@ -259,13 +277,17 @@ def _verify_chunk(
     differs = dict(
         zip(
             both,
-            _differs(
-                [(sources[i], targets[i]) for i in both],  # type: ignore[misc]
-                replicated,
-            ),
+            _differs([(sources[i], targets[i]) for i in both], replicated),  # type: ignore[misc]
             strict=True,
         )
     )
+    ahead = [i for i in both if differs[i] and _ahead(sources[i], targets[i])]
+    if recheck is not None and ahead:
+        for i, row in zip(ahead, recheck([keys[i] for i in ahead]), strict=True):
+            sources[i] = row
+        again = [i for i in ahead if sources[i] is not None]
+        fresh = _differs([(sources[i], targets[i]) for i in again], replicated)  # type: ignore[misc]
+        differs.update(zip(again, fresh, strict=True))
     for i, key in enumerate(keys):
         source, target = sources[i], targets[i]
         target_version = target.version if target is not None else None

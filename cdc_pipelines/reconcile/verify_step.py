@@ -18,6 +18,7 @@ import psycopg
 import pyarrow as pa
 
 from cdc_pipelines.connect.secrets import with_mask_salt
+from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.kafka.offsets import (
     CatchUp,
     CatchUpMethod,
@@ -65,6 +66,17 @@ class CatchUpWait:
 
     settle_seconds: float = DEFAULT_SETTLE_SECONDS  # when Kafka cannot tell
     timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
+
+
+def postgres_connection(dsn: str) -> psycopg.Connection[Any]:
+    """A connection to the target, or a ServiceError naming the fix."""
+    try:
+        return psycopg.connect(dsn)
+    except psycopg.OperationalError as exc:
+        raise ServiceError(
+            f"cannot connect to PostgreSQL: {str(exc).strip()}; check CDC_POSTGRES_DSN and "
+            "that the server is up"
+        ) from None
 
 
 def merge(parts: Sequence[VerificationResult], catch_up: CatchUp | None) -> VerificationResult:
@@ -182,6 +194,7 @@ class CandidateVerifier:
             read_target=self.read_target,
             catch_up=self.catch_up,
             confirm_absent=self.confirm_absent,
+            recheck=self.read_source,
         )
 
     def confirm_absent(self, keys: Sequence[Key]) -> list[SourceRow | None]:
@@ -196,14 +209,18 @@ class CandidateVerifier:
         """Tells which keys the source still has: key by key, or, for a large share of the
         slice's rows, by one scan of the slice's key columns (same rule as the re-read)."""
         table = self.table
+        # A key found gone is deleted again from the target: ask at the delete consistency.
+        level = table.scylla.delete_consistency
 
         def by_key(keys: Sequence[Key]) -> list[bool]:
-            return [row is not None for row in self.read_source(keys)]
+            rows = read_source_rows(self._cql(), table, keys, consistency=level)
+            return [row is not None for row in rows]
 
         def by_scan(keys: Sequence[Key]) -> list[bool]:
             if len(keys) < RESCAN_SHARE * slice_rows or token_slice is None:
                 return by_key(keys)
-            present = existing_keys(self._cql(), table, token_slice.sub_ranges(RESCAN_RANGES))
+            ranges = token_slice.sub_ranges(RESCAN_RANGES)
+            present = existing_keys(self._cql(), table, ranges, consistency=level)
             matched = [matched_key(table.spec, k) for k in keys]
             unmatched = [k for k, m in zip(keys, matched, strict=True) if m is None]
             again = iter(by_key(unmatched)) if unmatched else iter(())
@@ -229,7 +246,7 @@ class CandidateVerifier:
     def read_target(self, keys: Sequence[Key]) -> list[TargetRow | None]:
         """The target rows of ``keys`` now (None: absent), on the verifier's connection."""
         if self._conn is None:
-            self._conn = self._stack.enter_context(psycopg.connect(self.settings.postgres_dsn))
+            self._conn = self._stack.enter_context(postgres_connection(self.settings.postgres_dsn))
         return read_target_rows(self._conn, self.table, keys)
 
 

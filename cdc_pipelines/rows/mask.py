@@ -33,7 +33,6 @@ ZERO_VALUES: Mapping[str, object] = {
     "date": dt.date(1970, 1, 1),
     "time": 0,
 }
-MASKABLE = STRING_CARRIED | frozenset(ZERO_VALUES)
 TEXT = CqlType("text")
 
 

@@ -77,3 +77,28 @@ def test_only_exactly_matchable_keys_are_scanned(key_tables: dict[str, TableSpec
     assert range_matchable(key_tables["timestamp_inet_then_uuid_varint"])
     assert not range_matchable(key_tables["decimal_then_timeuuid"])
     assert not range_matchable(key_tables["double_only"])
+
+
+def test_a_key_below_the_millisecond_names_no_source_row(
+    cql_session: Any, key_tables: dict[str, TableSpec]
+) -> None:
+    """The driver would bind ``.123456`` as ``.123`` and hand back another key's row."""
+    import datetime as dt
+    import uuid
+
+    spec = key_tables["timestamp_inet_then_uuid_varint"]
+    table = replicated(spec)
+    exact = dt.datetime(2026, 1, 1, 12, 0, 0, 123000, tzinfo=dt.UTC)
+    cql_session.execute(f"TRUNCATE {spec.keyspace}.{spec.table}")
+    cql_session.execute(
+        f"INSERT INTO {spec.keyspace}.{spec.table} (k0, k1, k2, k3, v) "
+        "VALUES (%s, %s, %s, %s, 'x') USING TIMESTAMP %s",
+        (exact, "10.0.0.1", uuid.UUID(int=1), 5, T0),
+    )
+    below = exact.replace(microsecond=123456)
+    rows = read_source_rows(
+        cql_session,
+        table,
+        [(exact, "10.0.0.1", uuid.UUID(int=1), 5), (below, "10.0.0.1", uuid.UUID(int=1), 5)],
+    )
+    assert rows[0] is not None and rows[1] is None

@@ -40,3 +40,16 @@ def test_a_slice_count_that_is_not_a_number_is_a_usage_error(
     code = main(["reconcile", "shop.orders", "--config", str(path), "--slices", "many"])
     assert code == 2
     assert "--slices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "bad"),
+    [("--settle-seconds", "-1"), ("--verify-timeout", "-5"), ("--verify-timeout", "soon")],
+)
+def test_negative_or_unreadable_waits_exit_2_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, bad: str
+) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(DECLARATION, encoding="utf-8")
+    code = main(["reconcile", "shop.orders", "--config", str(path), option, bad])
+    assert code == 2 and option in capsys.readouterr().err

@@ -159,11 +159,11 @@ def test_tables_without_structured_columns_skip_the_json_step(example: PipelineC
 
 def test_masks_split_text_replacement_from_typed_empty_values() -> None:
     config = declaration(
-        "      mail: text\n      note: text\n      ip: inet\n      score: int\n      at: timestamp\n",
-        extra="    mask: {mail: hash, note: redact, ip: hash, score: hash, at: redact}\n",
+        "      mail: text\n      note: text\n      id2: uuid\n      score: int\n      at: timestamp\n",
+        extra="    mask: {mail: hash, note: redact, id2: hash, score: hash, at: redact}\n",
     )
     chain = transforms(sink_connector_config(config, config.tables[0]).as_dict())
-    assert chain["maskHashed"]["fields"] == "mail,ip"
+    assert chain["maskHashed"]["fields"] == "mail,id2"
     assert chain["maskHashed"]["type"] == HASH_FIELDS
     assert chain["maskHashed"]["salt"].startswith("${file:")
     assert chain["maskRedacted"]["fields"] == "note,score,at"

@@ -94,3 +94,74 @@ def test_a_missing_salt_names_the_file_and_the_fix(tmp_path: Path) -> None:
     table = resolve(parse_config(DECLARATION.format(path=present)), "shop.customers")
     with pytest.raises(ConfigError, match="hashed, but the salt was not loaded"):
         mask_row(table.spec, ["email"], ["x"], None)
+
+
+@pytest.mark.parametrize(
+    ("column", "mode", "reason"),
+    [
+        ("blob", "redact", "cannot mask"),
+        ("list<text>", "redact", "cannot mask"),
+        ("decimal", "hash", "use redact or exclude"),
+        ("inet", "hash", "use redact or exclude"),
+        ("duration", "hash", "use redact or exclude"),
+    ],
+)
+def test_masks_the_stream_cannot_reproduce_are_refused_at_load(
+    column: str, mode: str, reason: str
+) -> None:
+    text = (
+        "tables:\n  - source: ks.t\n    target: s.t\n    partition_key: [id]\n"
+        f"    columns: {{id: int, x: '{column}'}}\n    mask: {{x: {mode}}}\n"
+    )
+    with pytest.raises(ConfigError, match=rf"tables\[0\]\(ks\.t\)\.mask: .*{reason}"):
+        parse_config(text)
+
+
+JAVA_PROPERTIES_DUMP = """
+import java.io.FileReader;
+import java.util.Base64;
+import java.util.Properties;
+
+public class Dump {
+  public static void main(String[] args) throws Exception {
+    Properties properties = new Properties();
+    try (FileReader reader = new FileReader(args[0], java.nio.charset.StandardCharsets.UTF_8)) {
+      properties.load(reader);
+    }
+    Base64.Encoder b64 = Base64.getEncoder();
+    for (String key : properties.stringPropertyNames()) {
+      System.out.println(b64.encodeToString(key.getBytes("UTF-8")) + " "
+          + b64.encodeToString(properties.getProperty(key).getBytes("UTF-8")));
+    }
+  }
+}
+"""
+
+PROPERTIES_TEXT = (
+    "# a comment\n! another\nmask.salt=pepper  \nk2 value two\nk3:v3\n  k4 = v4\n"
+    "key\\=x = esc\\u0041\\tb\nlong = a\\\n    b\\\\\nempty\nspaced   :   v  \n"
+    "k5=\\ leading blank kept\nk6 =: colon value\n"
+)
+
+
+def test_properties_are_read_as_java_reads_them(tmp_path: Path) -> None:
+    """Kafka's FileConfigProvider reads the salt with java.util.Properties.load: so must we."""
+    import base64
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    assert java, "java is needed (the devstack's Kafka runs on it)"
+    source = tmp_path / "Dump.java"
+    source.write_text(JAVA_PROPERTIES_DUMP)
+    properties = tmp_path / "secrets.properties"
+    properties.write_text(PROPERTIES_TEXT, encoding="utf-8")
+    dumped = subprocess.run(
+        [java, str(source), str(properties)], capture_output=True, text=True, check=True
+    ).stdout
+    by_java = {
+        base64.b64decode(k).decode(): base64.b64decode(v).decode()
+        for k, v in (line.split(" ") for line in dumped.splitlines())
+    }
+    assert read_properties(properties) == by_java
+    assert by_java["mask.salt"] == "pepper  "  # trailing blanks are part of the salt
