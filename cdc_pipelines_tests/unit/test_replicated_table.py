@@ -85,3 +85,11 @@ def test_deletes_confirmed_by_one_replica_must_be_asked_for(level: str) -> None:
     )
     assert resolve(parse_config(allowed), "shop.orders").scylla.delete_consistency == level
     assert resolve(parse_config(DECLARATION), "shop.orders").scylla.delete_consistency == "QUORUM"
+
+
+def test_the_scylla_password_stays_out_of_printed_settings() -> None:
+    text = "scylla: {username: cdc, password: '${CDC_SCYLLA_PASSWORD}'}\n" + DECLARATION
+    config = parse_config(text, environ={"CDC_SCYLLA_PASSWORD": "hunter2-secret"})
+    table = resolve(config, "shop.orders")
+    assert table.scylla.password == "hunter2-secret"
+    assert "hunter2-secret" not in repr(table) and "hunter2-secret" not in repr(config)
