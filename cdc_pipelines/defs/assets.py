@@ -1,16 +1,20 @@
 """Per declared table, the lineage of the pipeline as assets, in one group per table.
 
 For ``demo.orders``: ``demo/orders/scylla_orders`` → ``kafka_orders`` → ``postgres_orders``
-are external (Kafka Connect moves the data, sensors observe it); ``target_index_orders``,
-``reconciliation_orders`` and ``repair_orders`` (one partition per token slice) are
-materialized by this code location. Keys and partitions come from :mod:`.names`.
+are observed, not materialized (Kafka Connect moves the data): one step observes all three
+and evaluates the table's replication checks (:func:`observed_assets`), and sensors observe
+them too. ``target_index_orders``, ``reconciliation_orders`` and ``repair_orders`` (one
+partition per token slice) are materialized by this code location. Keys and partitions come
+from :mod:`.names`.
 """
 
 import warnings
+from collections.abc import Iterator
 from datetime import timedelta
 
 import dagster as dg
 
+from cdc_pipelines.defs import health, replication_checks
 from cdc_pipelines.defs.names import SOURCE_SCAN_POOL, TableNames
 from cdc_pipelines.defs.reconciliation import (
     SLICE_CHECK,
@@ -19,11 +23,13 @@ from cdc_pipelines.defs.reconciliation import (
     index_metadata,
     reconcile_slice,
     repair_metadata,
+    repair_result,
     repair_slice,
     slice_check_result,
     slice_metadata,
 )
 from cdc_pipelines.defs.resources import (
+    KafkaConnectResource,
     KafkaResource,
     PostgresResource,
     PushgatewayResource,
@@ -42,7 +48,6 @@ RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
 """The nightly reconciliation runs every 24 h; two hours of grace before it counts as late."""
 RECONCILIATION_WARN_WINDOW = timedelta(hours=25)
 METRICS_JOB = "cdc_reconciliation"
-RECONCILIATION_OBSERVER = "reconciliation"
 KIND_SCYLLA = "scylladb"  # the kind the Dagster UI draws with ScyllaDB's icon
 KIND_KAFKA = "kafka"
 KIND_POSTGRES = "postgres"
@@ -118,6 +123,52 @@ def target_spec(names: TableNames) -> dg.AssetSpec:
             "consumer_group": names.consumer_group,
         },
     )
+
+
+def observed_assets(names: TableNames) -> dg.AssetsDefinition:
+    """The table's source, topic and PostgreSQL copy, observed together with one step.
+
+    The step measures the table's health now (:func:`health.measure`), records one
+    observation per asset (numbers the UI plots over time) and evaluates the replication
+    checks against the same measurement, so each check's result matches what the
+    observation shows. The ``replication_checks`` job runs it for every table.
+    """
+    with warnings.catch_warnings():
+        # A beta API in Dagster 1.13: one step observing several assets, with checks.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.multi_observable_source_asset(
+            name=names.observe_op,
+            specs=[source_spec(names), topic_spec(names), target_spec(names)],
+            check_specs=replication_checks.replication_check_specs(names),
+            description=(
+                f"Observes {names.source}'s replication: consumer lag, the sink connector, the "
+                "dead-letter queue, row counts on both sides and the latest reconciliation; then "
+                "evaluates its replication checks against those numbers."
+            ),
+        )
+        def observe(
+            context: dg.AssetExecutionContext,
+            scylla: ScyllaResource,
+            postgres: PostgresResource,
+            kafka: KafkaResource,
+            kafka_connect: KafkaConnectResource,
+        ) -> Iterator[dg.ObserveResult]:
+            measured = health.measure(
+                names, context.instance, scylla, postgres, kafka, kafka_connect
+            )
+            for problem in measured.problems:
+                context.log.warning(f"{names.source}: {problem}")
+            observed = health.observations(names, measured)
+            yield dg.ObserveResult(asset_key=names.scylla_key, metadata=observed.source)
+            yield dg.ObserveResult(asset_key=names.kafka_key, metadata=observed.topic)
+            yield dg.ObserveResult(
+                asset_key=names.postgres_key,
+                metadata=observed.target,
+                check_results=replication_checks.evaluate(names, measured),
+            )
+
+    return observe
 
 
 def slices_partitions(names: TableNames) -> dg.StaticPartitionsDefinition:
@@ -252,22 +303,6 @@ def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
             )
         except ServiceError as exc:
             context.log.warning(f"metrics not pushed: {exc}")
-        # The replicated table's own page shows its latest reconciliation result too.
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=names.postgres_key,
-                metadata={
-                    "observed_by": RECONCILIATION_OBSERVER,
-                    "reconciled_slice": summary.slice_id,
-                    "discrepancies": tally.confirmed,
-                    "missing": tally.missing,
-                    "extra": tally.extra,
-                    "mismatched": tally.mismatched,
-                    "source_rows": summary.source_rows,
-                    "target_rows": summary.target_rows,
-                },
-            )
-        )
         return dg.MaterializeResult(
             metadata=slice_metadata(verdict), check_results=[slice_check_result(verdict)]
         )
@@ -276,10 +311,16 @@ def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
 
 
 class RepairConfig(dg.Config):
-    """Repairs change PostgreSQL only when ``apply`` is set explicitly in the run config."""
+    """Repairs change PostgreSQL only when ``apply`` is set explicitly in the run config.
+
+    An applied repair writes nothing when the sink's catch-up could not be confirmed (the
+    broker was unreachable, the sink stalled past the timeout: rows still in flight may look
+    like discrepancies); ``allow_unconfirmed`` repairs anyway (ADR 0009).
+    """
 
     apply: bool = False
     audit: str = AuditDetail.KEYS.value  # or "exceptions": upserts only counted per batch
+    allow_unconfirmed: bool = False
 
     def audit_detail(self) -> AuditDetail:
         try:
@@ -299,8 +340,9 @@ def repair_asset(names: TableNames) -> dg.AssetsDefinition:
         description=(
             f"Repair of {names.spec.target}: fixes one token slice's verified discrepancies "
             "from the source rows, never overwriting a newer row. A dry run (the default) only "
-            "writes the SQL; run with config apply: true to change PostgreSQL. Blocked when "
-            "the source's data-quality checks fail."
+            "writes the SQL; run with config apply: true to change PostgreSQL. Refused (nothing "
+            "written) when the sink's catch-up is unconfirmed, unless allow_unconfirmed: true. "
+            "Blocked when the source's data-quality checks fail."
         ),
         group_name=names.group,
         kinds={KIND_POSTGRES},
@@ -322,17 +364,22 @@ def repair_asset(names: TableNames) -> dg.AssetsDefinition:
             scratch.root(),
             apply=config.apply,
             audit_detail=audit_detail,
+            allow_unconfirmed=config.allow_unconfirmed,
         )
+        if repair.refused is not None:
+            context.log.warning(f"{names.source} slice {context.partition_key}: {repair.refused}")
+        else:
+            context.log.info(
+                f"{names.source} slice {context.partition_key}: {repair_result(repair)}"
+            )
         return dg.MaterializeResult(metadata=repair_metadata(repair, audit_detail))
 
     return repair
 
 
-def table_assets(names: TableNames) -> list[dg.AssetSpec | dg.AssetsDefinition]:
+def table_assets(names: TableNames) -> list[dg.AssetsDefinition]:
     return [
-        source_spec(names),
-        topic_spec(names),
-        target_spec(names),
+        observed_assets(names),
         target_index_asset(names),
         reconciliation_asset(names),
         repair_asset(names),

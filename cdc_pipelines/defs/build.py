@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from cdc_pipelines.config import PipelineConfig, load_config
-from cdc_pipelines.defs import assets, jobs, quality_checks, replication_checks, sensors
+from cdc_pipelines.defs import assets, jobs, quality_checks, sensors
 from cdc_pipelines.defs.names import AssetJob, table_names
 from cdc_pipelines.defs.resources import default_resources
 
@@ -22,12 +22,10 @@ def build_definitions(
 ) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor of the declared tables."""
     tables = table_names(config)
-    all_assets: list[dg.AssetSpec | dg.AssetsDefinition] = []
-    replication = []
+    all_assets: list[dg.AssetsDefinition] = []
     quality = []
     for names in tables:
         all_assets.extend(assets.table_assets(names))
-        replication.append(replication_checks.replication_checks(names))
         for check in (
             quality_checks.target_quality_checks(names),
             quality_checks.source_quality_checks(names),
@@ -35,11 +33,8 @@ def build_definitions(
             if check is not None:
                 quality.append(check)
     reconcile_jobs = [jobs.reconcile_job(n) for n in tables]
-    replication_job = jobs.replication_checks_job(replication)
-    schedules = [
-        jobs.nightly_reconciliation_schedule(tables),
-        jobs.hourly_checks_schedule(replication_job),
-    ]
+    replication_job = jobs.replication_checks_job(tables)
+    schedules = [jobs.nightly_reconciliation_schedule(tables)]
     all_jobs: list[dg.JobDefinition | AssetJob] = [
         *reconcile_jobs,
         *(jobs.repair_job(n) for n in tables),
@@ -58,10 +53,11 @@ def build_definitions(
         sensors.make_connector_health_sensor(tables, config.connectors.source_name, escalation),
         sensors.make_dlq_sensor(tables, config.connectors.dlq_topic, reconcile_jobs),
         sensors.make_slice_fanout_sensor(tables, reconcile_jobs),
+        sensors.make_replication_health_sensor(replication_job),
     ]
     return dg.Definitions(
         assets=all_assets,
-        asset_checks=[*replication, *quality],
+        asset_checks=quality,
         jobs=all_jobs,
         schedules=schedules,
         sensors=all_sensors,

@@ -121,7 +121,18 @@ def make_dlq_sensor(
             )
             for names in tables
         ]
-        return dg.SensorResult(run_requests=requests, asset_events=events, cursor=_dump_seen(ends))
+        skip = None
+        if not requests:
+            skip = dg.SkipReason(
+                f"dead-letter depth of {len(tables)} table(s) observed "
+                f"({snapshot.depth()} letters in all); nothing new to reconcile"
+            )
+        return dg.SensorResult(
+            run_requests=requests,
+            asset_events=events,
+            cursor=_dump_seen(ends),
+            skip_reason=skip,
+        )
 
     return dead_letter_queue
 

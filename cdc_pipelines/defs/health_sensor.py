@@ -155,8 +155,17 @@ def make_connector_health_sensor(
             context.log.warning(
                 f"no status within the tick budget for: {', '.join(sorted(unanswered))}"
             )
+        skip = None
+        if not requests:
+            skip = dg.SkipReason(
+                f"state of {len(statuses)} of {len(connectors)} connector(s) observed; "
+                f"{len(kept)} failed unit(s) remembered, none to escalate"
+            )
         return dg.SensorResult(
-            run_requests=requests, asset_events=events, cursor=_dump_failures(kept)
+            run_requests=requests,
+            asset_events=events,
+            cursor=_dump_failures(kept),
+            skip_reason=skip,
         )
 
     return connector_health

@@ -1,8 +1,9 @@
 """Jobs and schedules: reconcile and repair a table, deploy connectors, check and escalate.
 
 Per table: ``reconcile__<ks>__<t>`` (target index, then one run per slice partition) and
-``repair_slice__<ks>__<t>`` (one slice partition, dry run unless ``apply: true``). Shared: connector deployment,
-the hourly replication checks, the daily data-quality checks, escalations.
+``repair_slice__<ks>__<t>`` (one slice partition, dry run unless ``apply: true``). Shared: connector
+deployment, the replication health observation with its checks (``replication_checks``, run
+by the ``replication_health`` sensor), the daily data-quality checks, escalations.
 """
 
 from collections.abc import Iterator, Sequence
@@ -21,13 +22,13 @@ from cdc_pipelines.defs.names import (
     AssetJob,
     TableNames,
 )
+from cdc_pipelines.defs.replication_checks import REPLICATION_CHECKS
 from cdc_pipelines.defs.resources import KafkaConnectResource, ScyllaResource
 from cdc_pipelines.errors import ConnectError
 
 SLICE_PROCESSES = 2
 """Ops of one reconcile run in separate processes (a run holds the index or one slice)."""
 NIGHTLY_CRON = "0 2 * * *"
-HOURLY_CRON = "15 * * * *"
 DAILY_QUALITY_CRON = "0 6 * * *"
 TIMEZONE = "UTC"
 REPLICATION_CHECKS_JOB = "replication_checks"
@@ -65,13 +66,24 @@ def repair_job(names: TableNames) -> "AssetJob":
     )
 
 
-def replication_checks_job(
-    checks: Sequence[dg.AssetChecksDefinition],
-) -> "AssetJob":
+def replication_checks_job(tables: Sequence[TableNames]) -> "AssetJob":
+    """Observe every table's replication health and evaluate its replication checks.
+
+    One step per table (see :func:`cdc_pipelines.defs.assets.observed_assets`); the
+    data-quality checks on the same assets are left to the ``data_quality`` job.
+    """
+    observed = [k for n in tables for k in (n.scylla_key, n.kafka_key, n.postgres_key)]
+    checks = [dg.AssetCheckKey(n.postgres_key, name) for n in tables for name in REPLICATION_CHECKS]
     return dg.define_asset_job(
         REPLICATION_CHECKS_JOB,
-        selection=dg.AssetSelection.checks(*checks),
-        description="Lag SLO, freshness, row-count parity and discrepancy rate of every table.",
+        selection=dg.AssetSelection.assets(*observed).without_checks()
+        | dg.AssetSelection.checks(*checks),
+        description=(
+            "Observes every table's replication health (lag, sink state, dead letters, row "
+            "counts, latest reconciliation) and evaluates its checks against it: lag SLO, "
+            "freshness, row-count parity and discrepancy rate. The replication_health sensor "
+            "runs it every few minutes."
+        ),
     )
 
 
@@ -110,17 +122,6 @@ def nightly_reconciliation_schedule(tables: Sequence[TableNames]) -> dg.Schedule
             )
 
     return nightly_reconciliation
-
-
-def hourly_checks_schedule(job: "AssetJob") -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
-        name="hourly_replication_checks",
-        cron_schedule=HOURLY_CRON,
-        execution_timezone=TIMEZONE,
-        target=job,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="The cheap checks every hour: lag SLO, freshness, row counts, discrepancy rate.",
-    )
 
 
 def daily_quality_schedule(job: "AssetJob") -> dg.ScheduleDefinition:

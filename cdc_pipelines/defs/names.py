@@ -46,6 +46,7 @@ REASON_LAG = "lag-recovered"
 REASON_DLQ = "dlq-growth"
 REASON_CONNECTOR = "connector-failed"
 REASON_NIGHTLY = "nightly"
+REASON_HEALTH = "replication-health"
 STAGE_INDEX = "index"
 STAGE_SLICE = "slice"
 ESCALATION_JOB = "escalate_connector_failure"
@@ -202,6 +203,11 @@ class TableNames:
     def repair_key(self) -> dg.AssetKey:
         """``ks/t/repair_t``: the repair of the verified discrepancies, per token slice."""
         return self._key(SYSTEM_REPAIR, self.spec.table)
+
+    @property
+    def observe_op(self) -> str:
+        """The step observing the table's three external assets and evaluating its checks."""
+        return f"observe__{self.ident}"
 
     @property
     def reconcile_job(self) -> str:

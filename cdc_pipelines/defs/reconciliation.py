@@ -31,10 +31,10 @@ CELL_TEXT_LIMIT = 120
 SLICE_CHECK = "slice_in_sync"
 """The reconciliation asset's check, evaluated per slice in the step that reconciles it."""
 SLICE_CHECK_SEVERITY = dg.AssetCheckSeverity.WARN
-"""A slice with confirmed discrepancies warns: the check shows *where* PostgreSQL disagrees
-(which partition to repair). How bad it is for the table as a whole is the call of the
-``discrepancy_rate`` check on the PostgreSQL asset, which fails with ERROR above its rate,
-so alerting on ERROR is decided in one place and not once per slice."""
+"""A slice that disagrees warns: the check shows *where* PostgreSQL disagrees (which partition
+to repair). How bad it is for the table as a whole is the call of the ``discrepancy_rate``
+check on the PostgreSQL asset, which fails with ERROR on confirmed discrepancies, so alerting
+on ERROR is decided in one place and not once per slice."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,17 @@ class SliceVerdict:
     tally: Tally
     verification: str  # how the sink's catch-up was established
     sample: DiscrepancySample
+    catch_up_confirmed: bool = True  # the sink's offsets were seen past the scan's end offsets
+
+    @property
+    def unsure(self) -> bool:
+        """The catch-up was not confirmed and some verdict may be a row still in flight (ADR 0009)."""
+        return not self.catch_up_confirmed and (self.tally.confirmed + self.tally.in_flight) > 0
+
+    @property
+    def in_sync(self) -> bool:
+        """No key differs after the re-read (target-ahead rows included) and no verdict is unsure."""
+        return self.tally.disagreeing == 0 and not self.unsure
 
 
 def build_target_index(
@@ -74,6 +85,7 @@ def reconcile_slice(
         tally=Tally.of(verification),
         verification=verification.catch_up.detail if verification.catch_up else "no candidates",
         sample=read_sample(Path(outcome.candidates_path)),
+        catch_up_confirmed=verification.catch_up_confirmed,
     )
 
 
@@ -84,11 +96,21 @@ def repair_slice(
     scratch: Path,
     apply: bool,
     audit_detail: AuditDetail = AuditDetail.KEYS,
+    allow_unconfirmed: bool = False,
 ) -> SliceRepair:
-    """Repair the verified discrepancies of one slice; a dry run only writes the SQL script."""
+    """Repair the verified discrepancies of one slice; a dry run only writes the SQL script.
+
+    An applied repair is refused (``SliceRepair.refused`` says why, nothing is written) when
+    the sink's catch-up could not be confirmed, unless ``allow_unconfirmed``.
+    """
     layout = ScratchLayout(scratch, table.source)
     return repair_slice_step(
-        table, slice_id, settings, layout, apply, RepairSettings(audit_detail=audit_detail)
+        table,
+        slice_id,
+        settings,
+        layout,
+        apply,
+        RepairSettings(audit_detail=audit_detail, allow_unconfirmed=allow_unconfirmed),
     )
 
 
@@ -184,20 +206,24 @@ def slice_metadata(verdict: SliceVerdict) -> dict[str, dg.MetadataValue]:
     return {
         # First, so a partition's page says at once whether the slice agrees (Dagster's
         # partition list colours materializations only; the slice_in_sync check has the rest).
-        "in_sync": dg.MetadataValue.bool(tally.confirmed == 0),
+        "in_sync": dg.MetadataValue.bool(verdict.in_sync),
         "token_range": dg.MetadataValue.text(outcome.token_range),
         "source_rows": dg.MetadataValue.int(outcome.source_rows),
         "target_rows": dg.MetadataValue.int(outcome.target_rows),
         "missing": dg.MetadataValue.int(tally.missing),
         "extra": dg.MetadataValue.int(tally.extra),
         "mismatched": dg.MetadataValue.int(tally.mismatched),
+        # Different with the target's version ahead: reported, never overwritten (ADR 0009).
+        "target_ahead": dg.MetadataValue.int(tally.target_ahead),
         "discrepancies": dg.MetadataValue.int(tally.confirmed),
+        "in_flight": dg.MetadataValue.int(tally.in_flight),
+        "catch_up_confirmed": dg.MetadataValue.bool(verdict.catch_up_confirmed),
+        "verdicts_unsure": dg.MetadataValue.bool(verdict.unsure),
+        "verification": dg.MetadataValue.text(verdict.verification),
         "duration_s": dg.MetadataValue.float(outcome.duration_s),
         "rows_per_s": dg.MetadataValue.float(round(outcome.rows_per_s, 1)),
         "verified": dg.MetadataValue.bool(True),
-        "in_flight": dg.MetadataValue.int(tally.in_flight),
         "resolved_on_reread": dg.MetadataValue.int(tally.resolved),
-        "verification": dg.MetadataValue.text(verdict.verification),
         "discrepancy_sample": table,
         "candidates": dg.MetadataValue.path(outcome.candidates_path),
     }
@@ -208,8 +234,9 @@ def _rows(count: int) -> str:
 
 
 def slice_check_result(verdict: SliceVerdict) -> dg.AssetCheckResult:
-    """The slice's :data:`SLICE_CHECK`: passes when no confirmed discrepancy remains after the
-    re-read; rows changed during the scan (in flight) do not fail it."""
+    """The slice's :data:`SLICE_CHECK`: passes when no key differs after the re-read and no
+    verdict is unsure; rows changed during the scan (in flight) do not fail it when the sink's
+    catch-up was confirmed."""
     outcome, tally = verdict.outcome, verdict.tally
     metadata: dict[str, dg.MetadataValue] = {
         "token_range": dg.MetadataValue.text(outcome.token_range),
@@ -219,10 +246,12 @@ def slice_check_result(verdict: SliceVerdict) -> dg.AssetCheckResult:
         "missing": dg.MetadataValue.int(tally.missing),
         "extra": dg.MetadataValue.int(tally.extra),
         "mismatched": dg.MetadataValue.int(tally.mismatched),
+        "target_ahead": dg.MetadataValue.int(tally.target_ahead),
         "in_flight": dg.MetadataValue.int(tally.in_flight),
+        "catch_up_confirmed": dg.MetadataValue.bool(verdict.catch_up_confirmed),
         "verification": dg.MetadataValue.text(verdict.verification),
     }
-    if tally.confirmed == 0:
+    if verdict.in_sync:
         in_flight = f"; {tally.in_flight} changed during the scan" if tally.in_flight else ""
         return dg.AssetCheckResult(
             check_name=SLICE_CHECK,
@@ -233,31 +262,78 @@ def slice_check_result(verdict: SliceVerdict) -> dg.AssetCheckResult:
             ),
             metadata=metadata,
         )
+    parts = []
+    if tally.confirmed:
+        parts.append(
+            f"{tally.confirmed} discrepanc{'y' if tally.confirmed == 1 else 'ies'} in tokens "
+            f"{outcome.token_range}: {tally.missing} missing, {tally.extra} extra, "
+            f"{tally.mismatched} mismatched in PostgreSQL; the repair of this partition fixes them"
+        )
+    if tally.target_ahead:
+        parts.append(
+            f"{_rows(tally.target_ahead)} of PostgreSQL ahead of the source in tokens "
+            f"{outcome.token_range} (a hand edit or another writer): repair never overwrites "
+            "them, a person must look"
+        )
+    if verdict.unsure:
+        parts.append(
+            "unsure: the sink's catch-up was not confirmed, so rows still in flight may be "
+            f"counted ({verdict.verification}); repair refuses unless allow_unconfirmed"
+        )
     return dg.AssetCheckResult(
         check_name=SLICE_CHECK,
         passed=False,
         severity=SLICE_CHECK_SEVERITY,
-        description=(
-            f"{tally.confirmed} discrepanc{'y' if tally.confirmed == 1 else 'ies'} in tokens "
-            f"{outcome.token_range}: {tally.missing} "
-            f"missing, {tally.extra} extra, {tally.mismatched} mismatched in PostgreSQL; "
-            "the repair of this partition fixes them"
-        ),
+        description="; ".join(parts),
         metadata=metadata,
     )
 
 
-def repair_metadata(repair: SliceRepair, audit_detail: AuditDetail) -> dict[str, dg.MetadataValue]:
-    outcome, plan = repair.outcome, repair.plan
-    metadata: dict[str, dg.MetadataValue] = {
-        "applied": dg.MetadataValue.bool(outcome is not None),
-        "upserts": dg.MetadataValue.int(outcome.upserted if outcome else plan.write_count),
-        "deletes": dg.MetadataValue.int(outcome.deleted if outcome else plan.delete_count),
-        "sql": dg.MetadataValue.md(f"```sql\n{_script_excerpt(repair.sql_path)}\n```"),
-        "sql_script": dg.MetadataValue.path(str(repair.sql_path)),
-        "run_id": dg.MetadataValue.text(plan.run_id),
-    }
+def repair_result(repair: SliceRepair) -> str:
+    """One line saying what the repair did, first in its metadata: applied, dry run or refused."""
+    plan, outcome = repair.plan, repair.outcome
+    planned = plan.write_count + plan.delete_count
+    if repair.refused is not None:
+        return f"REFUSED, nothing was applied ({planned} change(s) planned): {repair.refused}"
     if outcome is not None:
+        return f"applied: {outcome.upserted} upserted, {outcome.deleted} deleted"
+    if plan.is_empty:
+        return "nothing to repair: no verified discrepancy in this slice"
+    return (
+        f"dry run, nothing was applied: {planned} change(s) planned in the SQL script; "
+        "run with config apply: true to change PostgreSQL"
+    )
+
+
+def repair_metadata(repair: SliceRepair, audit_detail: AuditDetail) -> dict[str, dg.MetadataValue]:
+    """What a slice's repair did. ``result`` comes first and says whether anything was applied;
+    ``upserts``/``deletes`` are the plan, ``upserted``/``deleted`` what reached PostgreSQL."""
+    outcome, plan, verification = repair.outcome, repair.plan, repair.verification
+    metadata: dict[str, dg.MetadataValue] = {
+        "result": dg.MetadataValue.text(repair_result(repair)),
+        "applied": dg.MetadataValue.bool(outcome is not None),
+    }
+    if repair.refused is not None:
+        metadata["refused"] = dg.MetadataValue.text(repair.refused)
+    metadata.update(
+        {
+            "upserts": dg.MetadataValue.int(plan.write_count),
+            "deletes": dg.MetadataValue.int(plan.delete_count),
+            "upserted": dg.MetadataValue.int(outcome.upserted if outcome else 0),
+            "deleted": dg.MetadataValue.int(outcome.deleted if outcome else 0),
+            "target_ahead": dg.MetadataValue.int(len(verification.target_ahead)),
+            "catch_up_confirmed": dg.MetadataValue.bool(verification.catch_up_confirmed),
+            "verification": dg.MetadataValue.text(
+                verification.catch_up.detail if verification.catch_up else "no candidates"
+            ),
+            "sql": dg.MetadataValue.md(f"```sql\n{_script_excerpt(repair.sql_path)}\n```"),
+            "sql_script": dg.MetadataValue.path(str(repair.sql_path)),
+            "run_id": dg.MetadataValue.text(plan.run_id),
+        }
+    )
+    if outcome is not None:
+        metadata["skipped_newer"] = dg.MetadataValue.int(outcome.skipped_newer)
+        metadata["undone_after_source_delete"] = dg.MetadataValue.int(repair.undone)
         metadata["audit"] = dg.MetadataValue.text(
             f"{AuditTables().schema}.repair_actions ({audit_detail.value})"
         )

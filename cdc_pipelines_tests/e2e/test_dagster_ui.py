@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import requests
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdc_pipelines.config import load_config
 from cdc_pipelines.defs.names import table_names
@@ -79,8 +81,13 @@ def dagster_database(dagster_storage: DagsterStorage, unique_name: str) -> Itera
 
 @pytest.fixture
 def dagster_ui(
-    tmp_path: Path, items_declaration: Path, dagster_database: str
+    tmp_path: Path, items_declaration: Path, dagster_database: str, kafka_bootstrap: str
 ) -> Iterator[DagsterUi]:
+    # The table's dead-letter topic exists before the daemon's first look at it.
+    (names,) = table_names(load_config(items_declaration))
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(names.dlq_topic, 1, 1)]).values():
+        future.result(timeout=30)
     home = tmp_path / "dagster_home"
     shutil.copytree(REPO / "dagster_home", home)
     with (home / "dagster.yaml").open("a") as instance_yaml:
@@ -245,6 +252,107 @@ query PartitionChecks($path: [String!]!) {
 """
 
 
+LAUNCH_BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+  }
+}
+"""
+BACKFILL = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status runs(limit: 100) { runId status } }
+  }
+}
+"""
+SENSOR_TICKS = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 5) { status } } }
+  }
+}
+"""
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+DLQ_SENSOR = "dead_letter_queue"
+
+
+def launch_backfill(ui: DagsterUi, asset: list[str], partitions: list[str]) -> str:
+    """A backfill of ``partitions`` of ``asset``, launched as the UI's "Materialize" dialog does."""
+    params = {
+        "assetSelection": [{"path": asset}],
+        "partitionNames": partitions,
+        "fromFailure": False,
+        "tags": [{"key": "cdc/trigger", "value": "e2e backfill"}],
+    }
+    launched = ui.graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    return str(launched["backfillId"])
+
+
+def wait_for_backfill(ui: DagsterUi, backfill_id: str) -> dict[str, Any]:
+    """The backfill once the daemon finished it."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    backfill: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        backfill = ui.graphql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        if backfill.get("status") in BACKFILL_DONE:
+            return backfill
+        time.sleep(POLL_S)
+    pytest.fail(
+        f"backfill {backfill_id} after {RUN_TIMEOUT_S:.0f}s: {backfill}\n{ui.log.read_text()[-4000:]}"
+    )
+
+
+def wait_for_sensor_tick(ui: DagsterUi, sensor: str) -> None:
+    """Until the daemon evaluated ``sensor`` once (its first tick records the baseline)."""
+    selector = {
+        "repositoryLocationName": CODE_LOCATION,
+        "repositoryName": REPOSITORY,
+        "sensorName": sensor,
+    }
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = ui.graphql(SENSOR_TICKS, {"selector": selector})["sensorOrError"]
+        ticks = (found.get("sensorState") or {}).get("ticks") or []
+        if any(t["status"] in {"SUCCESS", "SKIPPED"} for t in ticks):
+            return
+        assert not any(t["status"] == "FAILURE" for t in ticks), ui.log.read_text()[-4000:]
+        time.sleep(POLL_S)
+    pytest.fail(f"the daemon did not tick {sensor} in {START_TIMEOUT_S:.0f}s")
+
+
+def wait_for_tagged_runs(ui: DagsterUi, key: str, value: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + RUN_TIMEOUT_S + 120
+    runs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        runs = ui.graphql(RUNS_TAGGED, {"key": key, "value": value})["runsOrError"]["results"]
+        if len(runs) >= count and all(r["status"] in DONE_STATUSES for r in runs):
+            return runs
+        time.sleep(POLL_S)
+    pytest.fail(f"runs tagged {key}={value}: {runs}\n{ui.log.read_text()[-4000:]}")
+
+
+def dead_letter(bootstrap: str, dlq_topic: str, source_topic: str) -> None:
+    """One record in the table's dead-letter topic, with the header the sink's DLQ writes."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        dlq_topic,
+        key=b'{"id": 3}',
+        value=b"not json",
+        headers=[("__connect.errors.topic", source_topic.encode())],
+    )
+    assert producer.flush(30) == 0
+
+
 def launch(
     ui: DagsterUi,
     job: str,
@@ -318,10 +426,13 @@ def chromium(*arguments: str, profile: Path) -> str:
 
 
 def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
-    dagster_ui, items_declaration, keyspace, pg_schema, tmp_path, cql_session
+    dagster_ui, items_declaration, keyspace, pg_schema, tmp_path, cql_session, kafka_bootstrap
 ):
     (names,) = table_names(load_config(items_declaration))
     disagreeing = items_partition_of(cql_session, names, ITEMS_MISSING_ID)
+    # The dead-letter sensor's first tick records the queue's depth; a letter after it is new.
+    wait_for_sensor_tick(dagster_ui, DLQ_SENSOR)
+    dead_letter(kafka_bootstrap, names.dlq_topic, names.topic)
     paths = {
         "/".join(node["key"]["path"])
         for node in dagster_ui.graphql(ASSET_KEYS)["assetsOrError"]["nodes"]
@@ -395,6 +506,35 @@ def test_dagster_dev_serves_the_assets_runs_jobs_and_draws_the_graph(
     statuses = check["partitionStatuses"]
     assert statuses["failedPartitions"] == [disagreeing]
     assert sorted(statuses["succeededPartitions"]) == sorted(set(names.slices) - {disagreeing})
+
+    # A backfill of every partition, launched as the UI launches it and run by the daemon.
+    backfill_id = launch_backfill(dagster_ui, reconciliation, list(names.slices))
+    backfill = wait_for_backfill(dagster_ui, backfill_id)
+    assert backfill["status"] in {"COMPLETED", "COMPLETED_SUCCESS"}, backfill
+    assert len(backfill["runs"]) == names.slice_count
+    assert {r["status"] for r in backfill["runs"]} == {"SUCCESS"}, backfill
+    materializations = dagster_ui.graphql(MATERIALIZED_PARTITIONS, {"path": reconciliation})[
+        "assetOrError"
+    ]["assetMaterializations"]
+    by_partition: dict[str, list[int]] = {}
+    for m in materializations:
+        for e in m["metadataEntries"]:
+            if e["label"] == "missing":
+                by_partition.setdefault(m["partition"], []).append(e["intValue"])
+    # Each slice now has the sensor's and the backfill's result, and both agree.
+    assert all(len(v) >= 2 for v in by_partition.values()), by_partition
+    assert {p: set(v) for p, v in by_partition.items()} == {
+        key: {int(key == disagreeing)} for key in names.slices
+    }
+
+    # The dead letter sent at the start: the daemon's sensor requested a reconciliation,
+    # whose index run fanned out into one run per slice, and all of them finished.
+    dlq_runs = wait_for_tagged_runs(
+        dagster_ui, "cdc/reason", "dlq-growth", count=1 + names.slice_count
+    )
+    assert {r["status"] for r in dlq_runs} == {"SUCCESS"}, dlq_runs
+    stages = sorted({t["value"] for r in dlq_runs for t in r["tags"] if t["key"] == "cdc/stage"})
+    assert stages == ["index", "slice"]
 
     profile = tmp_path / "chromium-profile"
     graph_url = f"{dagster_ui.url}/asset-groups/{names.group}"

@@ -199,7 +199,7 @@ def test_repair_is_a_dry_run_unless_the_run_config_says_apply():
     defs = load_definitions(EXAMPLE)
     job = defs.resolve_job_def("repair_slice__demo__orders")
     op = "demo__orders__repair_orders"
-    default = {"apply": False, "audit": "keys"}
+    default = {"apply": False, "audit": "keys", "allow_unconfirmed": False}
     assert dg.validate_run_config(job, {})["ops"][op]["config"] == default
     applied = {"ops": {op: {"config": {"apply": True}}}}
     assert dg.validate_run_config(job, applied)["ops"][op]["config"] == {**default, "apply": True}
