@@ -476,10 +476,25 @@ class TableSpec(_Model):
             column = expectation.column
             if column is not None and column not in index:
                 raise _error_at(f"names undeclared column {column!r}", "expectations", i, "column")
-            if column in self.exclude and expectation.side == "target":
+            if column in self.exclude:
+                reason = (
+                    "it does not exist in the target"
+                    if expectation.side == "target"
+                    else "its raw values must not reach Dagster through the failing samples "
+                    "of a source-side expectation"
+                )
                 raise _error_at(
-                    f"column {column!r} is excluded, so it does not exist in the target; "
-                    "set side: source or drop the expectation",
+                    f"column {column!r} is excluded, so {reason}; drop the expectation "
+                    "(or stop excluding the column)",
+                    "expectations",
+                    i,
+                    "column",
+                )
+            if column in self.mask and expectation.side == "source":
+                raise _error_at(
+                    f"column {column!r} is masked: a source-side expectation would put its raw "
+                    "values into Dagster through the failing samples; check it on the target "
+                    "(side: target sees the masked values) or drop the expectation",
                     "expectations",
                     i,
                     "column",
@@ -1095,12 +1110,21 @@ def _mapping_children(
 def _check_secret_reference(
     path: tuple[str, ...], value: str, scalar: yaml.ScalarNode, source: str
 ) -> None:
-    if path in SECRET_FIELDS and not _WHOLE_ENV_REF.match(value.strip()):
-        dotted = ".".join(path)
+    if path not in SECRET_FIELDS:
+        return
+    dotted = ".".join(path)
+    variable = f"CDC_{'_'.join(p.upper() for p in path)}"
+    if not _WHOLE_ENV_REF.match(value.strip()):
         raise ConfigError(
             f"{source}:{scalar.start_mark.line + 1}: {dotted} is a secret and must not be written "
-            f"in the file; write it as ${{CDC_{'_'.join(p.upper() for p in path)}}} and export "
-            "that variable"
+            f"in the file; write it as ${{{variable}}} and export that variable"
+        )
+    reference = _ENV_REF.match(value.strip())
+    if reference is not None and reference.group(2):
+        raise ConfigError(
+            f"{source}:{scalar.start_mark.line + 1}: {dotted} is a secret, and the default after "
+            "':-' would write it in the file; drop the default (an empty one, ':-}', is "
+            f"allowed) and export {reference.group(1)}"
         )
 
 

@@ -360,6 +360,35 @@ CASES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
         (f"{T0}.mask", "'email '", "starts or ends with whitespace", "trim away"),
     ),
     (
+        "excluded-column-with-leading-space",
+        variant("      email: text\n", '      email: text\n      " note": text\n')
+        + "    exclude: [' note']\n",
+        {},
+        (f"{T0}.exclude", "' note'", "starts or ends with whitespace", "rename the column"),
+    ),
+    (
+        "source-side-expectation-on-a-masked-column",
+        with_table_lines("expectations:", "  - {kind: not_null, column: email, side: source}"),
+        {},
+        (f"{T0}.expectations[0].column", "'email' is masked", "raw values", "side: target"),
+    ),
+    (
+        "source-side-expectation-on-an-excluded-column",
+        with_table_lines(
+            "exclude: [total]",
+            "expectations:",
+            "  - {kind: between, column: total, min: 0, side: source}",
+        ),
+        {},
+        (f"{T0}.expectations[0].column", "'total' is excluded", "raw values", "drop"),
+    ),
+    (
+        "secret-with-a-literal-default",
+        "scylla: {password: '${CDC_SCYLLA_PASSWORD:-hunter2}'}\n" + VALID,
+        {},
+        ("pipeline.yaml:1:", "scylla.password is a secret", "default", "CDC_SCYLLA_PASSWORD"),
+    ),
+    (
         "counter-column",
         variant("      email: text\n", "      email: text\n      views: counter\n"),
         {},

@@ -101,6 +101,10 @@ def test_a_missing_salt_names_the_file_and_the_fix(tmp_path: Path) -> None:
     [
         ("blob", "redact", "cannot mask"),
         ("list<text>", "redact", "cannot mask"),
+        ("frozen<set<text>>", "hash", "cannot mask"),
+        ("map<text, text>", "redact", "cannot mask"),
+        ("tuple<int, text>", "hash", "cannot mask"),
+        ("frozen<address>", "redact", "cannot mask"),
         ("decimal", "hash", "use redact or exclude"),
         ("inet", "hash", "use redact or exclude"),
         ("duration", "hash", "use redact or exclude"),
@@ -110,6 +114,7 @@ def test_masks_the_stream_cannot_reproduce_are_refused_at_load(
     column: str, mode: str, reason: str
 ) -> None:
     text = (
+        "user_types:\n  address: {street: text}\n"
         "tables:\n  - source: ks.t\n    target: s.t\n    partition_key: [id]\n"
         f"    columns: {{id: int, x: '{column}'}}\n    mask: {{x: {mode}}}\n"
     )
