@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import hvac
@@ -21,6 +22,8 @@ from cdc_pipelines.replicated_table import ReplicatedTable
 VAULT_TOKEN_ENV = "VAULT_TOKEN"
 VAULT_ADDR_ENV = "VAULT_ADDR"
 VAULT_TIMEOUT_S = 10
+# A config-provider or environment reference left as text: ${file:…}, ${vault:…}, ${NAME}.
+_UNRESOLVED = re.compile(r"\$\{[^}]*\}")
 
 
 def _logical_lines(text: str) -> list[str]:
@@ -124,8 +127,26 @@ def _from_vault(secrets: SecretsConfig) -> str:
 
 
 def read_mask_salt(secrets: SecretsConfig) -> bytes:
-    """The salt Connect's ``HashFields`` transform prepends to a hashed column's value."""
+    """The salt Connect's ``HashFields`` transform prepends to a hashed column's value.
+
+    An empty salt, or one still holding a ``${…}`` reference nothing resolved, is refused:
+    hashes without a real salt can be reversed by hashing guesses."""
+    where = (
+        f"Vault secret {secrets.vault_path}" if secrets.provider == "vault" else f"{secrets.path}"
+    )
     salt = _from_vault(secrets) if secrets.provider == "vault" else _from_file(secrets)
+    if not salt.strip():
+        raise ConfigError(
+            f"the mask salt {secrets.mask_salt_key!r} in {where} is empty; hashed columns "
+            "would be unsalted SHA-256, which anyone can reverse by hashing guesses: set it "
+            "to a long random value (the same one Connect reads)"
+        )
+    if _UNRESOLVED.search(salt):
+        raise ConfigError(
+            f"the mask salt {secrets.mask_salt_key!r} in {where} holds an unresolved reference "
+            "('${…}'), so every deployment would hash with the same known text: write the "
+            "resolved secret there"
+        )
     return salt.encode()
 
 

@@ -66,9 +66,10 @@ def mask_row(
         mode = spec.mask.get(name)
         if mode is None:
             continue
-        if salt is None and mode is MaskMode.HASH:
+        if not salt and mode is MaskMode.HASH:
+            state = "was not loaded" if salt is None else "is empty"
             raise ConfigError(
-                f"table {spec.source}: column {name!r} is hashed, but the salt was not loaded; "
+                f"table {spec.source}: column {name!r} is hashed, but the salt {state}; "
                 "load it with connect.secrets.with_mask_salt"
             )
         values[position] = mask_value(

@@ -97,6 +97,32 @@ def test_a_missing_salt_names_the_file_and_the_fix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("mask.salt=\n", "is empty"),
+        ("mask.salt =   \n", "is empty"),
+        (
+            "mask.salt=${file:/etc/kafka-connect/secrets/salt.properties:salt}\n",
+            "holds an unresolved",
+        ),
+        ("mask.salt=${CDC_MASK_SALT}\n", "holds an unresolved"),
+    ],
+)
+def test_an_empty_or_unresolved_salt_is_refused(tmp_path: Path, line: str, reason: str) -> None:
+    secrets = tmp_path / "postgres.properties"
+    secrets.write_text(line + line.replace("mask.salt", "salt.of.masks", 1))
+    with pytest.raises(
+        ConfigError, match=rf"mask salt 'mask\.salt' in .*postgres\.properties {reason}"
+    ):
+        read_mask_salt(SecretsConfig(path=str(secrets)))
+    table = resolve(parse_config(DECLARATION.format(path=secrets)), "shop.customers")
+    with pytest.raises(ConfigError, match=reason):
+        with_mask_salt(table)
+    with pytest.raises(ConfigError, match="hashed, but the salt is empty"):
+        mask_row(table.spec, ["email"], ["x"], b"")
+
+
+@pytest.mark.parametrize(
     ("column", "mode", "reason"),
     [
         ("blob", "redact", "cannot mask"),
