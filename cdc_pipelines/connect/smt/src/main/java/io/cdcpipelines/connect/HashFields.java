@@ -20,7 +20,9 @@ import org.apache.kafka.connect.transforms.Transformation;
  *
  * <p>Masks PII before it reaches PostgreSQL while keeping equal values equal (joins and
  * distinct counts still work). Apply after the envelope is unwrapped; null values stay null and
- * tombstones pass through.
+ * tombstones pass through. A configured column missing from a row fails the record (a name
+ * Kafka trimmed or a renamed column must never let a value through unhashed), and so does an
+ * empty salt or one still holding a {@code ${...}} reference no config provider resolved.
  */
 public class HashFields<R extends ConnectRecord<R>> implements Transformation<R> {
   public static final String FIELDS = "fields";
@@ -46,6 +48,15 @@ public class HashFields<R extends ConnectRecord<R>> implements Transformation<R>
     fields = names;
     Object secret = parsed.get(SALT);
     String saltText = secret == null ? "" : ((org.apache.kafka.common.config.types.Password) secret).value();
+    if (saltText.isBlank()) {
+      throw new ConfigException(SALT, "(hidden)",
+          "the salt is empty, so the hashes could be reversed by hashing guesses; set it");
+    }
+    if (saltText.contains("${")) {
+      throw new ConfigException(SALT, "(hidden)",
+          "the salt holds an unresolved ${...} reference; configure the worker's config"
+              + " provider so it resolves");
+    }
     salt = saltText.getBytes(StandardCharsets.UTF_8);
   }
 
@@ -53,6 +64,13 @@ public class HashFields<R extends ConnectRecord<R>> implements Transformation<R>
   public R apply(R record) {
     if (!(record.value() instanceof Struct row)) {
       return record;
+    }
+    List<String> missing =
+        fields.stream().filter(name -> row.schema().field(name) == null).toList();
+    if (!missing.isEmpty()) {
+      throw new DataException(
+          "HashFields: columns " + missing + " are configured to be hashed but missing from the"
+              + " record of " + record.topic() + "; fix the connector's fields list");
     }
     Struct hashed = new Struct(row.schema());
     for (Field field : row.schema().fields()) {

@@ -1,0 +1,86 @@
+"""The project's HashFields transform, compiled and run against the devstack's Connect jars."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from cdc_pipelines.devstack.layout import StackLayout
+
+SOURCE = (
+    Path(__file__).resolve().parents[2]
+    / "cdc_pipelines/connect/smt/src/main/java/io/cdcpipelines/connect/HashFields.java"
+)
+
+DRIVER = """
+import io.cdcpipelines.connect.HashFields;
+import java.util.Map;
+import org.apache.kafka.connect.data.Schema;
+import org.apache.kafka.connect.data.SchemaBuilder;
+import org.apache.kafka.connect.data.Struct;
+import org.apache.kafka.connect.sink.SinkRecord;
+
+public class Drive {
+  public static void main(String[] args) {
+    Schema schema = SchemaBuilder.struct().field("id", Schema.INT32_SCHEMA)
+        .field("email", Schema.OPTIONAL_STRING_SCHEMA).build();
+    Struct row = new Struct(schema).put("id", 1).put("email", "a@b.c");
+    for (int i = 0; i + 1 < args.length; i += 2) {
+      HashFields<SinkRecord> transform = new HashFields<>();
+      try {
+        transform.configure(Map.of("fields", args[i], "salt", args[i + 1]));
+        SinkRecord record = new SinkRecord("ks.t", 0, null, null, schema, row, 0);
+        System.out.println("hashed " + ((Struct) transform.apply(record).value()).get("email"));
+      } catch (RuntimeException e) {
+        System.out.println("refused " + e.getMessage());
+      }
+    }
+  }
+}
+"""
+
+
+def run_transform(tmp_path: Path, *cases: tuple[str, str]) -> list[str]:
+    """One output line per (fields, salt): ``hashed <email>`` or ``refused <message>``."""
+    javac = shutil.which("javac")
+    assert javac, "javac is needed (the devstack builds the transforms with it)"
+    jars = StackLayout.from_env().jars / "connect"
+    assert (jars / "connect-api-4.3.1.jar").exists(), f"no Connect jars in {jars}; run stack up"
+    (tmp_path / "Drive.java").write_text(DRIVER)
+    classes = tmp_path / "classes"
+    classpath = f"{jars}/*"
+    subprocess.run(
+        [javac, "-d", str(classes), "-cp", classpath, str(SOURCE), str(tmp_path / "Drive.java")],
+        check=True,
+        capture_output=True,
+    )
+    arguments = [value for case in cases for value in case]
+    out = subprocess.run(
+        ["java", "-cp", f"{classes}:{classpath}", "Drive", *arguments],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.splitlines()
+
+
+def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(
+    tmp_path: Path,
+) -> None:
+    hashed, missing, empty, blank, unresolved = run_transform(
+        tmp_path,
+        ("email", "pepper"),
+        ("email,phone", "pepper"),
+        ("email", ""),
+        ("email", "  "),
+        ("email", "${file:/etc/kafka-connect/secrets/postgres.properties:mask.salt}"),
+    )
+    assert hashed == "hashed " + hashlib.sha256(b"pepper" + b"a@b.c").hexdigest()
+    assert missing.startswith("refused HashFields: columns [phone]")
+    assert "missing from the record of ks.t" in missing
+    assert empty.startswith("refused") and "salt is empty" in empty
+    assert blank.startswith("refused") and "salt is empty" in blank
+    assert unresolved.startswith("refused") and "unresolved ${...} reference" in unresolved
+    assert "postgres.properties" not in unresolved
