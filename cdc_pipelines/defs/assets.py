@@ -38,7 +38,7 @@ from cdc_pipelines.defs.resources import (
     connection_settings,
 )
 from cdc_pipelines.errors import ServiceError
-from cdc_pipelines.observability.metrics import Gauge
+from cdc_pipelines.observability import metrics
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.types import column_pg_type
 from cdc_pipelines.reconcile.index_step import ScanMarker
@@ -47,7 +47,7 @@ from cdc_pipelines.reconcile.scratch import ScratchLayout
 RECONCILIATION_FAIL_WINDOW = timedelta(hours=26)
 """The nightly reconciliation runs every 24 h; two hours of grace before it counts as late."""
 RECONCILIATION_WARN_WINDOW = timedelta(hours=25)
-METRICS_JOB = "cdc_reconciliation"
+METRICS_JOB = metrics.RECONCILE_JOB
 KIND_SCYLLA = "scylladb"  # the kind the Dagster UI draws with ScyllaDB's icon
 KIND_KAFKA = "kafka"
 KIND_POSTGRES = "postgres"
@@ -280,24 +280,9 @@ def reconciliation_asset(names: TableNames) -> dg.AssetsDefinition:
             pushgateway.push(
                 METRICS_JOB,
                 [
-                    Gauge(
-                        "cdc_reconciliation_discrepancies",
-                        tally.confirmed,
-                        "Discrepancies found in the slice",
-                        labels,
-                    ),
-                    Gauge(
-                        "cdc_reconciliation_source_rows",
-                        summary.source_rows,
-                        "Source rows read in the slice",
-                        labels,
-                    ),
-                    Gauge(
-                        "cdc_reconciliation_rows_per_second",
-                        summary.rows_per_s,
-                        "Source rows read per second",
-                        labels,
-                    ),
+                    metrics.RECONCILE_DISCREPANCIES(tally.confirmed, labels),
+                    metrics.RECONCILE_SOURCE_ROWS(summary.source_rows, labels),
+                    metrics.RECONCILE_ROWS_PER_SECOND(summary.rows_per_s, labels),
                 ],
                 grouping=labels,
             )

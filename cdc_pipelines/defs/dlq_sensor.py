@@ -12,8 +12,10 @@ from typing import Any
 import dagster as dg
 
 from cdc_pipelines.defs.names import REASON_DLQ, AssetJob, TableNames
-from cdc_pipelines.defs.resources import KafkaResource
-from cdc_pipelines.kafka.dlq import DlqRecord, PartitionRange, attribute, new_ranges
+from cdc_pipelines.defs.resources import KafkaResource, PushgatewayResource
+from cdc_pipelines.errors import CdcPipelinesError
+from cdc_pipelines.kafka.dlq import DlqRecord, DlqSnapshot, PartitionRange, attribute, new_ranges
+from cdc_pipelines.observability import metrics
 
 DLQ_INTERVAL_S = 60
 KAFKA_CALL_TIMEOUT_S = 15.0
@@ -71,7 +73,9 @@ def make_dlq_sensor(
         description=inspect.cleandoc(make_dlq_sensor.__doc__ or ""),
     )
     def dead_letter_queue(
-        context: dg.SensorEvaluationContext, kafka: KafkaResource
+        context: dg.SensorEvaluationContext,
+        kafka: KafkaResource,
+        pushgateway: PushgatewayResource,
     ) -> dg.SensorResult:
         reader = kafka.dlq_reader(KAFKA_CALL_TIMEOUT_S)
         snapshot = reader.snapshot(topics)
@@ -121,6 +125,12 @@ def make_dlq_sensor(
             )
             for names in tables
         ]
+        try:
+            pushgateway.push_per_table(
+                metrics.DLQ_JOB, _dlq_gauges(tables, shared_dlq_topic, snapshot)
+            )
+        except CdcPipelinesError as exc:
+            context.log.warning(f"dead-letter metrics not pushed: {exc}")
         skip = None
         if not requests:
             skip = dg.SkipReason(
@@ -135,6 +145,23 @@ def make_dlq_sensor(
         )
 
     return dead_letter_queue
+
+
+def _dlq_gauges(
+    tables: Sequence[TableNames], shared_dlq_topic: str | None, snapshot: DlqSnapshot
+) -> list[metrics.Gauge]:
+    """Depth and summed end offsets of each table's DLQ topic, and of the shared one under
+    ``table=""``; 0 while a topic does not exist, so that its first letters show as growth."""
+    topics = [(n.source, n.dlq_topic) for n in tables]
+    if shared_dlq_topic:
+        topics.append(("", shared_dlq_topic))
+    gauges = []
+    for table, topic in topics:
+        labels = {"table": table, "dlq_topic": topic}
+        end = sum(r.end for (t, _), r in snapshot.partitions.items() if t == topic)
+        gauges.append(metrics.DLQ_DEPTH(snapshot.depth(topic), labels))
+        gauges.append(metrics.DLQ_END_OFFSET(end, labels))
+    return gauges
 
 
 def _ranges_of(records: Sequence[DlqRecord]) -> str:

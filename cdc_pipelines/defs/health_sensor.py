@@ -24,9 +24,10 @@ from cdc_pipelines.defs.names import (
     TableNames,
     iso_utc,
 )
-from cdc_pipelines.defs.resources import KafkaConnectResource
+from cdc_pipelines.defs.resources import KafkaConnectResource, PushgatewayResource
 from cdc_pipelines.defs.restart_policy import Action, RestartPolicy, RestartState
-from cdc_pipelines.errors import ConnectError
+from cdc_pipelines.errors import CdcPipelinesError, ConnectError
+from cdc_pipelines.observability import metrics
 
 HEALTH_INTERVAL_S = 60
 CONNECT_CALL_TIMEOUT_S = 5.0
@@ -111,7 +112,9 @@ def make_connector_health_sensor(
         description=inspect.cleandoc(make_connector_health_sensor.__doc__ or ""),
     )
     def connector_health(
-        context: dg.SensorEvaluationContext, kafka_connect: KafkaConnectResource
+        context: dg.SensorEvaluationContext,
+        kafka_connect: KafkaConnectResource,
+        pushgateway: PushgatewayResource,
     ) -> dg.SensorResult:
         started = time.monotonic()
         now_ms = int(time.time() * 1000)
@@ -155,6 +158,7 @@ def make_connector_health_sensor(
             context.log.warning(
                 f"no status within the tick budget for: {', '.join(sorted(unanswered))}"
             )
+        _push_states(context, pushgateway, connectors, statuses)
         skip = None
         if not requests:
             skip = dg.SkipReason(
@@ -244,6 +248,40 @@ def _escalation_request(
             TAG_TRIGGER: f"{unit.unit} failed since {iso_utc(state.first_failed_ms)}",
         },
     )
+
+
+def _push_states(
+    context: dg.SensorEvaluationContext,
+    pushgateway: PushgatewayResource,
+    connectors: Mapping[str, TableNames | None],
+    statuses: Mapping[str, ConnectorStatus | ConnectError],
+) -> None:
+    """One group per connector read this tick: each task's FAILED flag and the running count.
+
+    A connector whose status could not be read keeps its last pushed values.
+    """
+    for name, status in sorted(statuses.items()):
+        if isinstance(status, ConnectError):
+            continue
+        names = connectors[name]
+        labels = {"connector": name, "table": names.source if names else ""}
+        gauges = [
+            metrics.CONNECTOR_TASK_FAILED(
+                status.state == "FAILED", {**labels, "task": CONNECTOR_UNIT}
+            ),
+            metrics.CONNECTOR_TASKS_RUNNING(
+                sum(t.state == "RUNNING" for t in status.tasks), labels
+            ),
+        ]
+        gauges.extend(
+            metrics.CONNECTOR_TASK_FAILED(t.state == "FAILED", {**labels, "task": str(t.task_id)})
+            for t in status.tasks
+        )
+        try:
+            pushgateway.push(metrics.CONNECTOR_JOB, gauges, grouping={"connector": name})
+        except CdcPipelinesError as exc:
+            context.log.warning(f"connector metrics not pushed: {exc}")
+            return
 
 
 def _status_text(status: ConnectorStatus) -> str:

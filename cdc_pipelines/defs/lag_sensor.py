@@ -19,13 +19,15 @@ from cdc_pipelines.defs.resources import KafkaResource, PostgresResource, Pushga
 from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.kafka import lag
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget, TargetSample
+from cdc_pipelines.observability import metrics
 from cdc_pipelines.observability.metrics import Gauge
+from cdc_pipelines.scylla.schema import CDC_LOG_TTL_S
 
 LAG_INTERVAL_S = 30
 KAFKA_CALL_TIMEOUT_S = 15.0
 """One deadline for every Kafka request of a tick."""
 ESTIMATE_TIMEOUT_S = 5
-LAG_METRICS_JOB = "cdc_consumer_lag"
+LAG_METRICS_JOB = metrics.LAG_JOB
 
 
 def make_consumer_lag_sensor(
@@ -81,7 +83,7 @@ def make_consumer_lag_sensor(
                     lag_slos.get(names.source),
                 )
             )
-            gauges.extend(_lag_gauges(names, evaluation))
+            gauges.extend(_lag_gauges(names, evaluation, lag_slos.get(names.source)))
             if state.status is not lag.LagStatus.OK and sample.problems:
                 context.log.warning(f"{names.source}: {'; '.join(sample.problems)}")
             if recovery is not None:
@@ -97,7 +99,7 @@ def make_consumer_lag_sensor(
                     )
                 )
         try:
-            pushgateway.push(LAG_METRICS_JOB, gauges)
+            pushgateway.push_per_table(LAG_METRICS_JOB, gauges)
         except CdcPipelinesError as exc:
             context.log.warning(f"lag metrics not pushed: {exc}")
         return dg.SensorResult(
@@ -212,29 +214,19 @@ def _lag_observations(
     return observations
 
 
-def _lag_gauges(names: TableNames, evaluation: lag.LagEvaluation) -> list[Gauge]:
+def _lag_gauges(
+    names: TableNames, evaluation: lag.LagEvaluation, slo: LagSlo | None
+) -> list[Gauge]:
+    """The table's lag, with its SLO and its CDC log's TTL for the alerting rules to compare."""
     labels = {"table": names.source, "consumer_group": names.consumer_group}
     gauges = [
-        Gauge(
-            "cdc_consumer_lag_messages",
-            evaluation.lag_messages,
-            "Messages the sink has not consumed",
-            labels,
-        ),
-        Gauge(
-            "cdc_consumer_lag_status",
-            evaluation.status.severity,
-            "Burrow status: 0 OK, 1 WARN, 2 REWIND, 3 STALL, 4 STOP",
-            labels,
-        ),
+        metrics.CONSUMER_LAG_MESSAGES(evaluation.lag_messages, labels),
+        metrics.CONSUMER_LAG_STATUS(evaluation.status.severity, labels),
+        metrics.CDC_LOG_TTL_SECONDS(CDC_LOG_TTL_S, labels),
     ]
     if evaluation.time_lag_s is not None:
-        gauges.append(
-            Gauge(
-                "cdc_consumer_lag_seconds",
-                evaluation.time_lag_s,
-                "Age of the oldest unconsumed message",
-                labels,
-            )
-        )
+        gauges.append(metrics.CONSUMER_LAG_SECONDS(evaluation.time_lag_s, labels))
+    if slo is not None:
+        gauges.append(metrics.LAG_SLO_MESSAGES(slo.max_messages, labels))
+        gauges.append(metrics.LAG_SLO_SECONDS(slo.max_seconds, labels))
     return gauges

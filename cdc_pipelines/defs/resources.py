@@ -23,7 +23,7 @@ from cdc_pipelines.connect.client import ConnectClient
 from cdc_pipelines.errors import ConfigError
 from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag_sampler import LagSampler
-from cdc_pipelines.observability.metrics import Gauge, push
+from cdc_pipelines.observability.metrics import Gauge, push, push_per_table
 from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR
 from cdc_pipelines.scylla.session import cql_session
 from cdc_pipelines.settings import (
@@ -171,6 +171,10 @@ class PushgatewayResource(dg.ConfigurableResource):
         self, job: str, gauges: Sequence[Gauge], grouping: Mapping[str, str] | None = None
     ) -> None:
         push(self.url, job, gauges, grouping)
+
+    def push_per_table(self, job: str, gauges: Sequence[Gauge]) -> None:
+        """One group per ``table`` label of ``gauges`` (``job``/``table``)."""
+        push_per_table(self.url, job, gauges)
 
 
 def connection_settings(

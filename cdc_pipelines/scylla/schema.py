@@ -15,6 +15,9 @@ from cdc_pipelines.cqltypes import CqlType, parse_cql_type
 from cdc_pipelines.scylla.session import quote_cql
 
 SCYLLA_CDC_OPTIONS = "cdc = {'enabled': true, 'postimage': true}"
+CDC_LOG_TTL_S = 86_400
+"""The CDC log's TTL (ScyllaDB's default, as the options above set none): a sink lagging
+longer than this has lost changes, which only a reconciliation with repair brings back."""
 
 
 def cql_type_text(cql: CqlType) -> str:
