@@ -11,7 +11,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cdc_pipelines.errors import ConfigError
+from psycopg import Error as PsycopgError
+from psycopg.conninfo import conninfo_to_dict
+
+from cdc_pipelines.errors import ConfigError, redact_secrets
 
 DEFAULT_SCYLLA_CONTACT_POINTS = "127.0.0.1"
 DEFAULT_SCYLLA_PORT = 9042
@@ -61,10 +64,25 @@ class ConnectionSettings:
         return cls(
             scylla_contact_points=contact_points,
             scylla_port=port,
-            postgres_dsn=env.get("CDC_POSTGRES_DSN", DEFAULT_POSTGRES_DSN),
+            postgres_dsn=checked_dsn(env.get("CDC_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)),
             kafka_bootstrap_servers=env.get(
                 "CDC_KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP_SERVERS
             ),
             connect_url=env.get("CDC_CONNECT_URL", DEFAULT_CONNECT_URL).rstrip("/"),
             pushgateway_url=env.get("CDC_PUSHGATEWAY_URL", DEFAULT_PUSHGATEWAY_URL).rstrip("/"),
         )
+
+
+def checked_dsn(dsn: str) -> str:
+    """``dsn`` if libpq can parse it, else a ConfigError that does not repeat its password
+    (libpq's own message quotes the whole string)."""
+    try:
+        conninfo_to_dict(dsn)
+    except PsycopgError as exc:
+        reason = redact_secrets(str(exc).strip(), dsn)
+        raise ConfigError(
+            f"CDC_POSTGRES_DSN is not a PostgreSQL connection string ({reason}); write it as "
+            "a postgresql:// URI (an IPv6 host in brackets, e.g. [::1]:5432) or as libpq "
+            "key=value pairs"
+        ) from None
+    return dsn

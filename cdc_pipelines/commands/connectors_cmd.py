@@ -13,7 +13,7 @@ from cdc_pipelines.commands.common import (
     say,
     settings,
 )
-from cdc_pipelines.connect.client import ConnectClient
+from cdc_pipelines.connect.client import ConnectClient, shown_config_value
 from cdc_pipelines.connect.configs import ConnectorConfig, connector_configs, sink_connector_configs
 from cdc_pipelines.errors import ConnectError
 
@@ -52,12 +52,15 @@ def run(args: argparse.Namespace) -> int:
     command = args.connectors_command
     if command == "plan":
         if args.json:
-            print(json.dumps({c.name: c.as_dict() for c in wanted}, indent=2))
+            shown = {
+                c.name: {k: shown_config_value(k, v) for k, v in c.config.items()} for c in wanted
+            }
+            print(json.dumps(shown, indent=2))
         else:
             for connector in wanted:
                 print(f"# {connector.name}")
                 for key, value in sorted(connector.config.items()):
-                    print(f"{key}={value}")
+                    print(f"{key}={shown_config_value(key, value)}")
                 print()
         try:
             changes = client.plan(wanted)

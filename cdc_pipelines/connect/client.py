@@ -7,6 +7,7 @@ Every call has a timeout and retries connection failures, 5xx answers and 409
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +16,27 @@ from urllib.parse import quote
 
 import requests
 
-from cdc_pipelines.errors import ConnectError
+from cdc_pipelines.errors import ConnectError, redact_secrets
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF_S = 0.5
 RETRY_STATUSES = frozenset({409, 500, 502, 503, 504})
+# Config keys whose values are secrets: any password, secret, token, credential or salt (which
+# covers ssl.*.password and *.key.password), a JAAS login (it embeds the password) and the
+# schema registry's user:password.
+SECRET_KEY_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "credential",
+    "salt",
+    "jaas.config",
+    "user.info",
+)
+# A whole config-provider reference (${file:…}, ${vault:…}) names a secret without holding it.
+_PROVIDER_REFERENCE = re.compile(r"^\$\{[^{}]*\}$")
+HIDDEN = "(hidden)"
 
 
 class ConnectorDefinition(Protocol):
@@ -98,14 +114,27 @@ class ConnectorChange:
         return "\n".join(lines)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a connector config key holds a secret (``connection.password``,
+    ``sasl.jaas.config``, ``ssl.keystore.password``, ``basic.auth.user.info``…)."""
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_KEY_WORDS)
+
+
+def shown_config_value(key: str, value: str) -> str:
+    """``value`` as it may be printed: a secret key's literal value hidden (a provider
+    reference is kept), the password of any URL's user info (``scheme://user:pass@host``)
+    or ``password=`` parameter masked in every other value."""
+    if is_secret_key(key) and not _PROVIDER_REFERENCE.match(value.strip()):
+        return HIDDEN
+    return redact_secrets(value)
+
+
 def _shown(key: str, value: str | None) -> str:
     if value is None:
         return "(absent)"
-    if any(
-        word in key.lower() for word in ("password", "secret", "token")
-    ) and not value.startswith("${"):
-        return "(hidden)"
-    return repr(value)
+    shown = shown_config_value(key, value)
+    return shown if shown == HIDDEN else repr(shown)
 
 
 def diff_config(

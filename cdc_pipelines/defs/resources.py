@@ -34,6 +34,7 @@ from cdc_pipelines.settings import (
     DEFAULT_SCYLLA_CONTACT_POINTS,
     DEFAULT_SCYLLA_PORT,
     ConnectionSettings,
+    checked_dsn,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -100,7 +101,7 @@ class PostgresResource(dg.ConfigurableResource):
         """A pooled autocommit connection with connect and statement timeouts."""
         if self._pool is None:
             self._pool = ConnectionPool(
-                self.dsn,
+                checked_dsn(self.dsn),
                 min_size=0,
                 max_size=self.pool_max_size,
                 kwargs=self._kwargs(),
@@ -185,7 +186,7 @@ def connection_settings(
     return ConnectionSettings(
         scylla_contact_points=scylla.contact_point_list(),
         scylla_port=scylla.port,
-        postgres_dsn=postgres.dsn,
+        postgres_dsn=checked_dsn(postgres.dsn),
         kafka_bootstrap_servers=kafka.bootstrap_servers,
     )
 

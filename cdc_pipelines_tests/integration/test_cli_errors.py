@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CLI = [sys.executable, "-m", "cdc_pipelines.cli"]
 
 
@@ -79,3 +81,37 @@ def test_usage_errors_exit_2() -> None:
     result = run("reconcile")
     assert result.returncode == 2
     assert "KEYSPACE.TABLE" in result.stderr
+
+
+PASSWORD = "Sekr3t-pw-42"
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"postgresql://cdc:{PASSWORD}@[::1/cdc",  # broken IPv6 host
+        f"cdc:{PASSWORD}@127.0.0.1:5432/cdc",  # no scheme
+        f"host=127.0.0.1 password={PASSWORD} dbname",  # key without a value
+        f"postgresql://cdc:{PASSWORD}@127.0.0.1:{closed_port()}/cdc",  # valid, server down
+    ],
+    ids=["broken-ipv6-host", "no-scheme", "broken-conninfo", "server-down"],
+)
+@pytest.mark.parametrize(
+    "command", [("ddl", "plan"), ("reconcile", "demo.orders")], ids=["ddl-plan", "reconcile"]
+)
+def test_a_connection_string_password_never_reaches_the_output(
+    tmp_path: Path, dsn: str, command: tuple[str, ...]
+) -> None:
+    secrets = tmp_path / "postgres.properties"
+    secrets.write_text("mask.salt=pepper-for-the-test\n")
+    result = run(
+        *command,
+        "--config",
+        "pipeline.yaml",
+        *(("--scratch", str(tmp_path / "scratch")) if command[0] == "reconcile" else ()),
+        env={"CDC_POSTGRES_DSN": dsn, "CDC_CONNECT_SECRETS_FILE": str(secrets)},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode in (2, 3), output
+    assert PASSWORD not in output
+    assert "CDC_POSTGRES_DSN" in output and "Traceback" not in output
