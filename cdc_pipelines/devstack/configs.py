@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from pathlib import Path
 
@@ -13,9 +14,13 @@ from cdc_pipelines.devstack.layout import (
     KAFKA_CONTROLLER_PORT,
     KAFKA_PORT,
     LOOPBACK,
+    OPENBAO_CLUSTER_PORT,
+    OPENBAO_KV_MOUNT,
+    OPENBAO_PORT,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
     POSTGRES_USER,
+    PUSHGATEWAY_PORT,
 )
 
 
@@ -185,4 +190,54 @@ checkpoint_timeout = 15min
 log_min_messages = warning
 log_timezone = 'UTC'
 timezone = 'UTC'
+"""
+
+
+def openbao_hcl(home: Path) -> str:
+    # OpenBao 2 keeps only integrated storage (raft) of the on-disk backends; a
+    # single node is its own leader. No TLS: the listener is on loopback only.
+    return f"""\
+storage "raft" {{
+  path    = "{home}/data"
+  node_id = "cdc-devstack"
+}}
+listener "tcp" {{
+  address         = "{LOOPBACK}:{OPENBAO_PORT}"
+  cluster_address = "{LOOPBACK}:{OPENBAO_CLUSTER_PORT}"
+  tls_disable     = true
+}}
+api_addr     = "http://{LOOPBACK}:{OPENBAO_PORT}"
+cluster_addr = "https://{LOOPBACK}:{OPENBAO_CLUSTER_PORT}"
+ui           = false
+log_level    = "info"
+"""
+
+
+def openbao_read_policy(secret_path: str) -> str:
+    """The AppRole's policy: read the connectors' secrets, nothing else."""
+    return f"""\
+path "{OPENBAO_KV_MOUNT}/data/{secret_path}" {{
+  capabilities = ["read"]
+}}
+"""
+
+
+PROMETHEUS_SCRAPE_INTERVAL = "5s"
+
+
+def prometheus_yml(rule_files: list[Path]) -> str:
+    rules = "".join(f"  - {json.dumps(str(path))}\n" for path in rule_files)
+    return f"""\
+# Written by 'cdc-pipelines stack up'; edits are overwritten.
+global:
+  scrape_interval: {PROMETHEUS_SCRAPE_INTERVAL}
+  evaluation_interval: {PROMETHEUS_SCRAPE_INTERVAL}
+rule_files:{"" if rules else " []"}
+{rules}scrape_configs:
+  # honor_labels keeps the pushed job/instance/table labels instead of the
+  # Pushgateway's own.
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["{LOOPBACK}:{PUSHGATEWAY_PORT}"]
 """

