@@ -21,7 +21,7 @@ from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
-from cdc_pipelines.reconcile.scratch import ScratchLayout, write_candidates
+from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, write_candidates
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id
 from cdc_pipelines.rows.canonical import CanonicalSchema
@@ -153,6 +153,7 @@ def read_source_slice(
     )
 
 
+@owner_only
 def diff_table_slice(
     table: ReplicatedTable,
     slice_id: str,

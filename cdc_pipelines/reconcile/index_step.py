@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.kafka.offsets import end_offsets
 from cdc_pipelines.postgres.target_index import TargetIndexManifest, build_target_index
-from cdc_pipelines.reconcile.scratch import ScratchLayout
+from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -56,6 +56,7 @@ class ScanMarker:
         )
 
 
+@owner_only
 def build_index(
     table: ReplicatedTable,
     settings: ConnectionSettings,
@@ -63,6 +64,6 @@ def build_index(
     on_rows: Callable[[int], None] | None = None,
 ) -> TargetIndexManifest:
     """Record the scan marker, then write the table's target index (see ``postgres.target_index``)."""
-    layout.table_dir.mkdir(parents=True, exist_ok=True)
+    layout.prepare()
     ScanMarker.now(table, settings).write(layout)
     return build_target_index(settings.postgres_dsn, table, layout.index_dir, on_rows=on_rows)

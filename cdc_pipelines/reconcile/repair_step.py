@@ -32,7 +32,7 @@ from cdc_pipelines.postgres.repair import (
     render_script,
 )
 from cdc_pipelines.reconcile.index_step import ScanMarker
-from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
+from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, read_candidates
 from cdc_pipelines.reconcile.verify import VerificationResult
 from cdc_pipelines.reconcile.verify_step import (
     CandidateVerifier,
@@ -235,6 +235,7 @@ def unconfirmed_reason(detail: str) -> str:
     )
 
 
+@owner_only
 def repair_slice(
     table: ReplicatedTable,
     slice_id: str,

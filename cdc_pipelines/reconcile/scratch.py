@@ -4,18 +4,53 @@ Under ``<scratch>/<keyspace>.<table>/``: ``target_index/`` (one Arrow file per s
 ``scan.json`` (the scan marker), ``slices/`` (each slice's candidates, result and repair
 script) and the whole-table run's Parquet file of confirmed discrepancies and SQL script.
 The CLI and Dagster runs share the layout, so either can pick up the other's files.
+
+The files hold raw source values (the target copy, verified rows, repair SQL), so every step
+that writes them runs under :func:`owner_only`: files are created 0o600, directories 0o700,
+and the table's directory is made 0o700 even when an earlier version created it open.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 DEFAULT_SCRATCH_DIR = Path.home() / ".cache" / "cdc-pipelines" / "scratch"
 SCAN_MARKER = "scan.json"
+OWNER_ONLY_UMASK = 0o077  # files 0o600, directories 0o700
+PRIVATE_DIR_MODE = 0o700
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextmanager
+def owner_only_files() -> Iterator[None]:
+    """Create files and directories readable by their owner only while inside."""
+    previous = os.umask(OWNER_ONLY_UMASK)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def owner_only(step: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``step`` (a step writing scratch files, in any process) under :func:`owner_only_files`."""
+
+    @functools.wraps(step)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with owner_only_files():
+            return step(*args, **kwargs)
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -28,6 +63,13 @@ class ScratchLayout:
     @property
     def table_dir(self) -> Path:
         return self.root / self.source
+
+    def prepare(self) -> Path:
+        """The table's directory, created (with the root) owner-only, or made so."""
+        with owner_only_files():
+            self.table_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.table_dir, PRIVATE_DIR_MODE)
+        return self.table_dir
 
     @property
     def index_dir(self) -> Path:

@@ -33,7 +33,12 @@ from cdc_pipelines.reconcile.repair_step import (
     unconfirmed_reason,
 )
 from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport, Tally
-from cdc_pipelines.reconcile.scratch import DEFAULT_SCRATCH_DIR, ScratchLayout, read_candidates
+from cdc_pipelines.reconcile.scratch import (
+    DEFAULT_SCRATCH_DIR,
+    ScratchLayout,
+    owner_only,
+    read_candidates,
+)
 from cdc_pipelines.reconcile.verify_step import (
     DEFAULT_SETTLE_SECONDS,
     DEFAULT_VERIFY_TIMEOUT_S,
@@ -122,6 +127,7 @@ def diff_all_slices(
     return sorted(outcomes, key=lambda o: o.slice_id)
 
 
+@owner_only
 def run_reconciliation(
     table: ReplicatedTable,
     settings: ConnectionSettings,
@@ -203,6 +209,7 @@ class SlicePlanned:
     script: Path | None  # its part of the dry-run script (dry run)
 
 
+@owner_only
 def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     """Verify one slice's candidates a chunk at a time; record the verdicts in the slice's
     Parquet file and check each chunk's plan, writing it to the slice's script part (dry
