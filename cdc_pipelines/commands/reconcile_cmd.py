@@ -138,5 +138,7 @@ def run(args: argparse.Namespace) -> int:
     elif not report.catch_up_confirmed:
         say(f"warning: verdicts unconfirmed: {report.verification}")
     if report.dry_run_sql_path:
-        say(f"dry-run SQL: {report.dry_run_sql_path} (apply with --repair)")
+        # With --repair the script is only there because the repair was refused (said above).
+        hint = "" if options.repair else " (apply with --repair)"
+        say(f"dry-run SQL: {report.dry_run_sql_path}{hint}")
     return EXIT_OK if report.settled else EXIT_DISCREPANCIES

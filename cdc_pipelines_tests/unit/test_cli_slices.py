@@ -53,3 +53,38 @@ def test_negative_or_unreadable_waits_exit_2_naming_the_option(
     path.write_text(DECLARATION, encoding="utf-8")
     code = main(["reconcile", "shop.orders", "--config", str(path), option, bad])
     assert code == 2 and option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "hinted"), [((), True), (("--repair",), False)], ids=["dry-run", "repair"]
+)
+def test_the_dry_run_script_suggests_repair_only_when_repair_was_not_asked(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: tuple[str, ...],
+    hinted: bool,
+) -> None:
+    from cdc_pipelines.commands import reconcile_cmd
+    from cdc_pipelines.reconcile.report import ReconcileReport
+
+    script = tmp_path / "repair-x.sql"
+    refused = "the sink's catch-up could not be confirmed"
+
+    def reconciled(table, settings, options, progress=None):  # type: ignore[no-untyped-def]
+        return ReconcileReport(
+            table.source,
+            missing=1,
+            remaining=1,
+            dry_run_sql_path=str(script),
+            repair_refused=refused if options.repair else None,
+        )
+
+    monkeypatch.setattr(reconcile_cmd, "run_reconciliation", reconciled)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(DECLARATION, encoding="utf-8")
+    code = main(["reconcile", "shop.orders", "--config", str(path), *flags])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"dry-run SQL: {script}" in err
+    assert ("apply with --repair" in err) is hinted
