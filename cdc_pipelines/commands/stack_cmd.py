@@ -40,5 +40,14 @@ def run(args: argparse.Namespace) -> int:
 def print_status(statuses: Sequence[stack.ServiceStatus]) -> None:
     for item in statuses:
         state = "healthy" if item.health.healthy else "DOWN"
-        owner = f"pid {item.pid}" if item.pid else "not started by the stack"
-        print(f"{item.health.service:<12} {state:<8} {owner:<26} {item.health.detail}")
+        if item.pid:
+            owner = f"pid {item.pid}"
+        elif item.process_gone:
+            owner = f"process gone (pid {item.recorded_pid})"
+        elif item.health.healthy:
+            owner = "not started by the stack"
+        else:
+            owner = "not running"
+        lines = item.health.detail.strip().splitlines()
+        detail = lines[0] if lines else ""
+        print(f"{item.health.service:<12} {state:<8} {owner:<26} {detail}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -46,6 +47,24 @@ from cdc_pipelines.errors import DevstackError
 PROBE_TIMEOUT_S = 3.0
 JDBC_SINK_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
 TRANSFORM_CLASS = "io.cdcpipelines.connect.ComplexFieldsToJson"
+
+
+# The OS's reason inside a requests/urllib3 connection error: "[Errno 111] Connection refused".
+_OS_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def request_failure(url: str, exc: Exception) -> str:
+    """One clean line for a failed probe request (``GET <url> failed: connection refused``),
+    not urllib3's nested exception reprs."""
+    if isinstance(exc, requests.Timeout):
+        reason = f"no answer within {PROBE_TIMEOUT_S:g} s"
+    elif isinstance(exc, requests.ConnectionError):
+        found = _OS_REASON.search(str(exc))
+        reason = found.group(1).strip().lower() if found else "cannot connect"
+    else:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+    return f"GET {url} failed: {reason}"
 
 
 @dataclass(frozen=True)
@@ -526,7 +545,7 @@ class Connect(Service):
             response.raise_for_status()
             plugins = {p["class"]: p.get("type", "") for p in response.json()}
         except (requests.RequestException, ValueError, KeyError) as exc:
-            return Health(self.name, False, f"GET {url} failed: {exc}")
+            return Health(self.name, False, request_failure(url, exc))
         missing = [c for c in (JDBC_SINK_CLASS, TRANSFORM_CLASS) if c not in plugins]
         if missing:
             return Health(self.name, False, f"plugins {missing} are not on the plugin path")
@@ -567,7 +586,7 @@ class Pushgateway(Service):
         try:
             response = requests.get(url, timeout=PROBE_TIMEOUT_S)
         except requests.RequestException as exc:
-            return Health(self.name, False, f"GET {url} failed: {exc}")
+            return Health(self.name, False, request_failure(url, exc))
         if response.status_code != 200:
             return Health(self.name, False, f"GET {url} answered {response.status_code}")
         return Health(self.name, True, f"ready on {LOOPBACK}:{PUSHGATEWAY_PORT}")
@@ -616,7 +635,7 @@ class Prometheus(Service):
         try:
             response = requests.get(url, timeout=PROBE_TIMEOUT_S)
         except requests.RequestException as exc:
-            return Health(self.name, False, f"GET {url} failed: {exc}")
+            return Health(self.name, False, request_failure(url, exc))
         if response.status_code != 200:
             return Health(self.name, False, f"GET {url} answered {response.status_code}")
         return Health(self.name, True, f"ready on {LOOPBACK}:{PROMETHEUS_PORT}")
@@ -696,7 +715,7 @@ class OpenBao(Service):
             response = requests.get(url, timeout=PROBE_TIMEOUT_S)
             body = response.json()
         except (requests.RequestException, ValueError) as exc:
-            return f"GET {url} failed: {exc}"
+            return request_failure(url, exc)
         return body if isinstance(body, dict) else f"GET {url} answered {body!r}"
 
     def probe(self) -> Health:

@@ -28,6 +28,7 @@ from cdc_pipelines.devstack.layout import (
     PUSHGATEWAY_PORT,
     StackLayout,
 )
+from cdc_pipelines.devstack.processes import read_pid
 from cdc_pipelines.devstack.services import Health, OpenBao, Service, all_services
 from cdc_pipelines.errors import DevstackError
 
@@ -41,10 +42,17 @@ Reporter = Callable[[str], None]
 class ServiceStatus:
     health: Health
     pid: int | None
+    recorded_pid: int | None = None  # the pid the stack wrote when it started the service
 
     @property
     def started_by_stack(self) -> bool:
         return self.pid is not None
+
+    @property
+    def process_gone(self) -> bool:
+        """The stack started the service, but its process is no longer running (killed,
+        crashed)."""
+        return self.pid is None and self.recorded_pid is not None
 
 
 def stack_env(layout: StackLayout) -> dict[str, str]:
@@ -84,7 +92,10 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
 
 
 def status(layout: StackLayout) -> list[ServiceStatus]:
-    return [ServiceStatus(service.probe(), service.pid()) for service in all_services(layout)]
+    return [
+        ServiceStatus(service.probe(), service.pid(), read_pid(layout.pid_file(service.name)))
+        for service in all_services(layout)
+    ]
 
 
 def up(layout: StackLayout, report: Reporter = print) -> list[ServiceStatus]:
