@@ -32,6 +32,7 @@ from cdc_pipelines_tests.e2e.test_streaming_path import row
 ROWS = 40
 LATE_ROWS = 7
 APPLY_TIMEOUT_S = 120.0
+COMMIT_TIMEOUT_S = 60.0
 
 
 def _target_count(postgres_dsn: str, schema: str) -> int:
@@ -49,6 +50,20 @@ def _wait_for_rows(postgres_dsn: str, schema: str, rows: int) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"the sink applied {count} of {rows} rows in {APPLY_TIMEOUT_S:.0f}s")
+
+
+def observe_caught_up(
+    defs: dg.Definitions, instance: dg.DagsterInstance, names: TableNames
+) -> tuple[dict[dg.AssetKey, Mapping[str, object]], dict[str, dg.AssetCheckEvaluation]]:
+    """Observe until the sink's committed offsets reach the topic's end (Connect commits a
+    sink's offsets every few seconds, after the rows are written)."""
+    deadline = time.monotonic() + COMMIT_TIMEOUT_S
+    while True:
+        observed, checks = observe(defs, instance, names)
+        lag = observed[names.postgres_key].get("lag_messages")
+        if lag == 0 or time.monotonic() > deadline:
+            return observed, checks
+        time.sleep(1)
 
 
 @pytest.fixture
@@ -103,7 +118,7 @@ def test_health_is_observed_as_numbers_and_the_checks_agree_with_them(
     (names,) = table_names(config)
     defs = build_definitions(config)
 
-    observed, checks = observe(defs, instance, names)
+    observed, checks = observe_caught_up(defs, instance, names)
     target = observed[names.postgres_key]
     assert target["observed_by"] == HEALTH_OBSERVER
     assert (target["source_rows"], target["target_rows"], target["row_difference"]) == (
@@ -143,6 +158,6 @@ def test_health_is_observed_as_numbers_and_the_checks_agree_with_them(
     finally:
         client.resume(sink)
     _wait_for_rows(postgres_dsn, unique_name, ROWS + LATE_ROWS)
-    caught_up, _ = observe(defs, instance, names)
+    caught_up, _ = observe_caught_up(defs, instance, names)
     assert caught_up[names.postgres_key]["lag_messages"] == 0
     assert caught_up[names.postgres_key]["target_rows"] == ROWS + LATE_ROWS
