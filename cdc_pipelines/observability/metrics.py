@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import re
 import urllib.error
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest, push_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    delete_from_gateway,
+    generate_latest,
+    push_to_gateway,
+)
 from prometheus_client import Gauge as PromGauge
 
 from cdc_pipelines.errors import ConfigError, ServiceError
@@ -169,26 +174,13 @@ def render(gauges: Sequence[Gauge]) -> str:
     return generate_latest(registry_of(gauges)).decode()
 
 
-def push(
-    pushgateway_url: str,
-    job: str,
-    gauges: Sequence[Gauge],
-    grouping: Mapping[str, str] | None = None,
-) -> None:
-    """Replace the metrics of the group ``job`` (+ ``grouping`` labels) with ``gauges``."""
-    registry = registry_of(gauges)
+def _send(pushgateway_url: str, what: str, call: Callable[[], None]) -> None:
     try:
-        push_to_gateway(
-            pushgateway_url,
-            job=job,
-            registry=registry,
-            grouping_key=dict(grouping or {}),
-            timeout=PUSH_TIMEOUT_S,
-        )
+        call()
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace").strip()[:300]
         raise ServiceError(
-            f"the Pushgateway at {exc.url} refused the metrics ({exc.code}): {body}"
+            f"the Pushgateway at {exc.url} refused {what} ({exc.code}): {body}"
         ) from None
     except (OSError, ValueError) as exc:
         raise ServiceError(
@@ -197,10 +189,44 @@ def push(
         ) from None
 
 
+def push(
+    pushgateway_url: str,
+    job: str,
+    gauges: Sequence[Gauge],
+    grouping: Mapping[str, str] | None = None,
+) -> None:
+    """Replace the metrics of the group ``job`` (+ ``grouping`` labels) with ``gauges``."""
+    registry = registry_of(gauges)
+    _send(
+        pushgateway_url,
+        "the metrics",
+        lambda: push_to_gateway(
+            pushgateway_url,
+            job=job,
+            registry=registry,
+            grouping_key=dict(grouping or {}),
+            timeout=PUSH_TIMEOUT_S,
+        ),
+    )
+
+
+def delete_group(pushgateway_url: str, job: str, grouping: Mapping[str, str] | None = None) -> None:
+    """Delete exactly the group ``job`` (+ ``grouping``); other groups of the job stay."""
+    _send(
+        pushgateway_url,
+        "the deletion",
+        lambda: delete_from_gateway(
+            pushgateway_url, job=job, grouping_key=dict(grouping or {}), timeout=PUSH_TIMEOUT_S
+        ),
+    )
+
+
 def push_per_table(pushgateway_url: str, job: str, gauges: Sequence[Gauge]) -> None:
     """Push ``gauges`` as one group per ``table`` label (``job``/``table``), table by table.
 
-    Stops at the first group the Pushgateway does not take: the rest would fail alike.
+    The job's group without a table goes first: earlier versions pushed every table there,
+    and the Pushgateway refuses a group whose series another group already holds. Stops at
+    the first group the Pushgateway does not take: the rest would fail alike.
     """
     by_table: dict[str, list[Gauge]] = {}
     for gauge in gauges:
@@ -208,5 +234,6 @@ def push_per_table(pushgateway_url: str, job: str, gauges: Sequence[Gauge]) -> N
         if table is None:
             raise ConfigError(f"{gauge.name} has no {TABLE_LABEL} label to group it by")
         by_table.setdefault(table, []).append(gauge)
+    delete_group(pushgateway_url, job)
     for table, group in by_table.items():
         push(pushgateway_url, job, group, {TABLE_LABEL: table})

@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
+import requests
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
@@ -32,6 +33,7 @@ from cdc_pipelines.errors import ConnectError
 from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag import LAG_WINDOW_SIZE
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget, LagSampler
+from cdc_pipelines.observability import metrics
 from cdc_pipelines.replicated_table import resolve_spec
 
 GOOD_JDBC_URL = "jdbc:postgresql://127.0.0.1:5432/cdc"
@@ -124,6 +126,31 @@ def sink(
     AdminClient({"bootstrap.servers": kafka_bootstrap}).delete_topics(topics, operation_timeout=10)
 
 
+@pytest.fixture
+def pushed(pushgateway_url: str, names: TableNames) -> Iterator[Callable[..., float | None]]:
+    """``pushed(metric, **labels)``: the value the Pushgateway holds; the test's groups go after."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def value(metric: metrics.Metric, **labels: str) -> float | None:
+        text = requests.get(f"{pushgateway_url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == metric.name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return float(sample.value)
+        return None
+
+    yield value
+    for group in (
+        f"{metrics.LAG_JOB}/table/{names.source}",
+        f"{metrics.DLQ_JOB}/table/{names.source}",
+        f"{metrics.DLQ_JOB}/table@base64/=",
+        f"{metrics.CONNECTOR_JOB}/connector/{names.sink}",
+    ):
+        requests.delete(f"{pushgateway_url}/metrics/job/{group}", timeout=10)
+
+
 # --- helpers --------------------------------------------------------------------------
 
 
@@ -203,7 +230,7 @@ def observation(result: dg.SensorResult, key: dg.AssetKey) -> dict[str, object]:
 
 
 def test_lag_sensor_reports_a_stall_and_reconciles_after_recovery(
-    defs, instance, names, sink, connect, kafka_bootstrap
+    defs, instance, names, sink, connect, kafka_bootstrap, pushed
 ):
     produce(kafka_bootstrap, names.topic, range(3))
     sink()
@@ -237,6 +264,14 @@ def test_lag_sensor_reports_a_stall_and_reconciles_after_recovery(
     assert len(state["w"]) == LAG_WINDOW_SIZE
     incident_started = state["i"]
     assert isinstance(incident_started, int)
+    # What the alerting rules compare: the lag, the table's lag_slo and its CDC log's TTL.
+    table = {"table": names.source, "consumer_group": names.consumer_group}
+    assert pushed(metrics.CONSUMER_LAG_MESSAGES, **table) == LAGGED_MESSAGES
+    assert pushed(metrics.CONSUMER_LAG_STATUS, **table) == 3  # STALL
+    assert (pushed(metrics.CONSUMER_LAG_SECONDS, **table) or 0) > 0
+    assert pushed(metrics.LAG_SLO_MESSAGES, **table) == 5
+    assert pushed(metrics.LAG_SLO_SECONDS, **table) == 30
+    assert pushed(metrics.CDC_LOG_TTL_SECONDS, **table) == 86_400
 
     connect.resume(names.sink)
     wait_until(lambda: lag_of(kafka_bootstrap, names) == (1, 0), "the resumed sink to catch up")
@@ -260,7 +295,7 @@ def test_lag_sensor_reports_a_stall_and_reconciles_after_recovery(
 
 
 def test_health_sensor_restarts_with_backoff_then_escalates(
-    defs, instance, names, sink, connect, kafka_bootstrap
+    defs, instance, names, sink, connect, kafka_bootstrap, pushed
 ):
     sink(url=CLOSED_PORT_JDBC_URL)
     wait_until(lambda: task_failed(connect, names.sink), "the sink task to fail")
@@ -277,6 +312,9 @@ def test_health_sensor_restarts_with_backoff_then_escalates(
         assert (attempts, escalated) == (attempt, False)
         assert next_attempt - int(time.time() * 1000) <= BACKOFF_S * 1000
         assert observation(result, names.postgres_key)["connector"] == names.sink
+        task = {"connector": names.sink, "table": names.source}
+        assert pushed(metrics.CONNECTOR_TASK_FAILED, **task, task="0") == 1
+        assert pushed(metrics.CONNECTOR_TASK_FAILED, **task, task="connector") == 0
         cursor = result.cursor
         # Restarting does not fix a closed port: the task fails again after the backoff.
         time.sleep(BACKOFF_S + 0.5)
@@ -319,13 +357,15 @@ def test_health_sensor_restarts_with_backoff_then_escalates(
     fixed = tick(defs, instance, sensor, later.cursor)
     assert json.loads(fixed.cursor or "")["failures"] == {}
     assert observation(fixed, names.postgres_key)["connector_state"] == "RUNNING"
+    assert pushed(metrics.CONNECTOR_TASK_FAILED, connector=names.sink, task="0") == 0
+    assert pushed(metrics.CONNECTOR_TASKS_RUNNING, connector=names.sink) == 1
 
 
 # --- dead letters -----------------------------------------------------------------------
 
 
 def test_dlq_sensor_reconciles_the_table_a_poison_message_came_from(
-    defs, instance, names, sink, declaration, kafka_bootstrap
+    defs, instance, names, sink, declaration, kafka_bootstrap, pushed
 ):
     shared_dlq = declaration.connectors.dlq_topic
     produce(kafka_bootstrap, names.topic, range(2))
@@ -338,6 +378,9 @@ def test_dlq_sensor_reconciles_the_table_a_poison_message_came_from(
 
     baseline = tick(defs, instance, sensor, None)
     assert baseline.run_requests == []
+    # The shared topic has no letters yet: 0, so that the first one shows as growth.
+    assert pushed(metrics.DLQ_END_OFFSET, dlq_topic=shared_dlq) == 0
+    assert pushed(metrics.DLQ_DEPTH, table=names.source, dlq_topic=names.dlq_topic) == 0
 
     produce(kafka_bootstrap, names.topic, range(100, 101), poison=True)
     reader = DlqReader(kafka_bootstrap)
@@ -354,6 +397,8 @@ def test_dlq_sensor_reconciles_the_table_a_poison_message_came_from(
     assert json.loads(grown.cursor or "")["seen"] == {f"{shared_dlq}|0": 1}
     seen = observation(grown, names.kafka_key)
     assert seen["dlq_new_messages"] == 1
+    assert pushed(metrics.DLQ_END_OFFSET, dlq_topic=shared_dlq) == 1
+    assert pushed(metrics.DLQ_DEPTH, dlq_topic=shared_dlq) == 1
     assert "DataException" in str(seen["last_error"]) or "JSON" in str(seen["last_error"])
 
     assert tick(defs, instance, sensor, grown.cursor).run_requests == []
@@ -412,6 +457,10 @@ def test_every_tick_stays_well_under_a_minute_with_a_hundred_tables(
         assert {state["s"] for state in states.values()} == {"STOP"}
     finally:
         admin.delete_topics(topics, operation_timeout=30)
+        for table in config.tables:  # the groups the sensors pushed, one per job and table
+            for job in (metrics.LAG_JOB, metrics.DLQ_JOB):
+                group = f"{settings.pushgateway_url}/metrics/job/{job}/table/{table.source}"
+                requests.delete(group, timeout=10)
 
 
 def cursor_of(defs: dg.Definitions, instance: dg.DagsterInstance, name: str) -> str:
