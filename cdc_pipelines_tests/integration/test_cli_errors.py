@@ -73,7 +73,15 @@ def test_stack_status_reports_every_service_healthy(settings) -> None:
     result = run("stack", "status")
     assert result.returncode == 0, result.stdout
     services = [line.split()[0] for line in result.stdout.splitlines()]
-    assert services == ["postgres", "cassandra", "kafka", "connect", "pushgateway"]
+    assert services == [
+        "postgres",
+        "cassandra",
+        "kafka",
+        "connect",
+        "pushgateway",
+        "prometheus",
+        "openbao",
+    ]
     assert all(" healthy " in line for line in result.stdout.splitlines())
 
 
