@@ -127,7 +127,9 @@ def make_dlq_sensor(
         ]
         try:
             pushgateway.push_per_table(
-                metrics.DLQ_JOB, _dlq_gauges(tables, shared_dlq_topic, snapshot)
+                metrics.DLQ_JOB,
+                _dlq_gauges(tables, shared_dlq_topic, snapshot),
+                also=("dlq_topic",),
             )
         except CdcPipelinesError as exc:
             context.log.warning(f"dead-letter metrics not pushed: {exc}")

@@ -173,9 +173,9 @@ class PushgatewayResource(dg.ConfigurableResource):
     ) -> None:
         push(self.url, job, gauges, grouping)
 
-    def push_per_table(self, job: str, gauges: Sequence[Gauge]) -> None:
-        """One group per ``table`` label of ``gauges`` (``job``/``table``)."""
-        push_per_table(self.url, job, gauges)
+    def push_per_table(self, job: str, gauges: Sequence[Gauge], also: Sequence[str] = ()) -> None:
+        """One group per ``table`` label of ``gauges`` (``job``/``table``, and ``also``)."""
+        push_per_table(self.url, job, gauges, also)
 
 
 def connection_settings(

@@ -221,19 +221,23 @@ def delete_group(pushgateway_url: str, job: str, grouping: Mapping[str, str] | N
     )
 
 
-def push_per_table(pushgateway_url: str, job: str, gauges: Sequence[Gauge]) -> None:
-    """Push ``gauges`` as one group per ``table`` label (``job``/``table``), table by table.
+def push_per_table(
+    pushgateway_url: str, job: str, gauges: Sequence[Gauge], also: Sequence[str] = ()
+) -> None:
+    """Push ``gauges`` as one group per ``table`` label (``job``/``table``, and the labels
+    ``also`` names), table by table.
 
     The job's group without a table goes first: earlier versions pushed every table there,
     and the Pushgateway refuses a group whose series another group already holds. Stops at
     the first group the Pushgateway does not take: the rest would fail alike.
     """
-    by_table: dict[str, list[Gauge]] = {}
+    groups: dict[tuple[tuple[str, str], ...], list[Gauge]] = {}
     for gauge in gauges:
-        table = gauge.labels.get(TABLE_LABEL)
-        if table is None:
-            raise ConfigError(f"{gauge.name} has no {TABLE_LABEL} label to group it by")
-        by_table.setdefault(table, []).append(gauge)
+        missing = [k for k in (TABLE_LABEL, *also) if k not in gauge.labels]
+        if missing:
+            raise ConfigError(f"{gauge.name} has no {missing[0]} label to group it by")
+        key = tuple((k, gauge.labels[k]) for k in (TABLE_LABEL, *also))
+        groups.setdefault(key, []).append(gauge)
     delete_group(pushgateway_url, job)
-    for table, group in by_table.items():
-        push(pushgateway_url, job, group, {TABLE_LABEL: table})
+    for key, group in groups.items():
+        push(pushgateway_url, job, group, dict(key))

@@ -27,7 +27,12 @@ def samples(pushgateway_url: str, job: str) -> dict[tuple[str, str], float]:
 @pytest.fixture
 def job(pushgateway_url: str, unique_name: str) -> Iterator[str]:
     yield unique_name
-    for grouping in ({}, {"table": "a.one"}, {"table": "a.two"}, {"table": ""}):
+    for grouping in (
+        {},
+        {"table": "a.one"},
+        {"table": "a.two"},
+        {"table": "", "dlq_topic": "cdc/dlq"},
+    ):
         delete_group(pushgateway_url, unique_name, grouping)
 
 
@@ -67,7 +72,7 @@ def test_the_group_earlier_versions_pushed_without_a_table_does_not_block_the_pu
 
 def test_an_empty_table_and_a_slash_survive_the_grouping_key(pushgateway_url, job):
     shared = metrics.DLQ_END_OFFSET(2, {"table": "", "dlq_topic": "cdc/dlq"})
-    push_per_table(pushgateway_url, job, [shared])
+    push_per_table(pushgateway_url, job, [shared], also=("dlq_topic",))
     assert samples(pushgateway_url, job) == {("cdc_dlq_end_offset", ""): 2}
 
 

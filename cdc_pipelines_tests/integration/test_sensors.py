@@ -127,7 +127,9 @@ def sink(
 
 
 @pytest.fixture
-def pushed(pushgateway_url: str, names: TableNames) -> Iterator[Callable[..., float | None]]:
+def pushed(
+    pushgateway_url: str, names: TableNames, declaration: PipelineConfig
+) -> Iterator[Callable[..., float | None]]:
     """``pushed(metric, **labels)``: the value the Pushgateway holds; the test's groups go after."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -144,8 +146,8 @@ def pushed(pushgateway_url: str, names: TableNames) -> Iterator[Callable[..., fl
     yield value
     for group in (
         f"{metrics.LAG_JOB}/table/{names.source}",
-        f"{metrics.DLQ_JOB}/table/{names.source}",
-        f"{metrics.DLQ_JOB}/table@base64/=",
+        f"{metrics.DLQ_JOB}/table/{names.source}/dlq_topic/{names.dlq_topic}",
+        f"{metrics.DLQ_JOB}/table@base64/=/dlq_topic/{declaration.connectors.dlq_topic}",
         f"{metrics.CONNECTOR_JOB}/connector/{names.sink}",
     ):
         requests.delete(f"{pushgateway_url}/metrics/job/{group}", timeout=10)
@@ -458,9 +460,10 @@ def test_every_tick_stays_well_under_a_minute_with_a_hundred_tables(
     finally:
         admin.delete_topics(topics, operation_timeout=30)
         for table in config.tables:  # the groups the sensors pushed, one per job and table
-            for job in (metrics.LAG_JOB, metrics.DLQ_JOB):
-                group = f"{settings.pushgateway_url}/metrics/job/{job}/table/{table.source}"
-                requests.delete(group, timeout=10)
+            group = f"{settings.pushgateway_url}/metrics/job/{{}}/table/{table.source}"
+            requests.delete(group.format(metrics.LAG_JOB), timeout=10)
+            dlq = f"/dlq_topic/{TableNames(resolve_spec(config, table)).dlq_topic}"
+            requests.delete(group.format(metrics.DLQ_JOB) + dlq, timeout=10)
 
 
 def cursor_of(defs: dg.Definitions, instance: dg.DagsterInstance, name: str) -> str:
