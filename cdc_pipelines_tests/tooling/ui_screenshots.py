@@ -416,7 +416,7 @@ def partitions(browser: Browser, url: str, table: Table) -> None:
 
 
 def backfills(browser: Browser, url: str, table: Table) -> None:
-    browser.open(f"{url}/overview/backfills", [f"reconcile_{table.group}"])
+    browser.open(f"{url}/overview/backfills", [f"reconciliation_{table.table}", "partitions"])
 
 
 PICTURES: dict[str, Picture] = {
