@@ -38,6 +38,7 @@ def build_definitions(
     all_jobs: list[dg.JobDefinition | AssetJob] = [
         *reconcile_jobs,
         *(jobs.repair_job(n) for n in tables),
+        *(jobs.initial_load_job(n) for n in tables),
         replication_job,
         jobs.deploy_connectors_job(config),
     ]

@@ -1,7 +1,8 @@
 """Jobs and schedules: reconcile and repair a table, deploy connectors, check and escalate.
 
 Per table: ``reconcile__<ks>__<t>`` (target index, then one run per slice partition) and
-``repair_slice__<ks>__<t>`` (one slice partition, dry run unless ``apply: true``). Shared: connector
+``repair_slice__<ks>__<t>`` (one slice partition, dry run unless ``apply: true``),
+``initial_load__<ks>__<t>`` (reconcile and apply, per slice partition). Shared: connector
 deployment, the replication health observation with its checks (``replication_checks``, run
 by the ``replication_health`` sensor), the daily data-quality checks, escalations.
 """
@@ -61,6 +62,30 @@ def repair_job(names: TableNames) -> "AssetJob":
             f"Repair one token-slice partition of {names.source} in PostgreSQL. A dry run unless "
             "the run config "
             "sets ops.<repair op>.config.apply: true; blocked by failing source-side checks."
+        ),
+        run_tags={TAG_TABLE: names.source},
+    )
+
+
+def initial_load_job(names: TableNames) -> "AssetJob":
+    """Load or heal the table slice by slice: each partition's run reconciles its slice and
+    applies the repair of what it verified (``apply: true`` is this job's default config).
+
+    Meant for a table whose target is empty or far behind (Scylla's CDC has no snapshot):
+    materialize the target index once, then backfill every partition of this job; the
+    backfill page shows the slices loaded so far. Writes are race-safe as in any repair:
+    a row the sink wrote meanwhile is never overwritten by an older one.
+    """
+    return dg.define_asset_job(
+        names.initial_load_job,
+        selection=dg.AssetSelection.assets(names.reconciliation_key, names.repair_key)
+        | dg.AssetSelection.checks_for_assets(names.scylla_key),
+        config={"ops": {names.repair_op: {"config": {"apply": True}}}},
+        description=(
+            f"Initial load (or heal) of {names.source}, one token slice per partition: reconcile "
+            "the slice, then apply its repair. Materialize "
+            f"{names.target_index_key.path[-1]} first, then backfill every partition of this "
+            "job; progress shows on the backfill's page."
         ),
         run_tags={TAG_TABLE: names.source},
     )

@@ -217,6 +217,15 @@ class TableNames:
     def repair_job(self) -> str:
         return f"repair_slice__{self.ident}"
 
+    @property
+    def initial_load_job(self) -> str:
+        return f"initial_load__{self.ident}"
+
+    @property
+    def repair_op(self) -> str:
+        """The repair asset's op, as run config names it: ``demo__orders__repair_orders``."""
+        return "__".join(self.repair_key.path)
+
     def reconcile_request(self, reason: str, trigger: str, run_key: str) -> dg.RunRequest:
         """A run rebuilding the table's target index; its success fans out one run per slice."""
         return dg.RunRequest(

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import psycopg
+from psycopg import sql
 
 from cdc_pipelines.config import load_config
 from cdc_pipelines.defs.build import build_definitions
@@ -18,7 +20,7 @@ from cdc_pipelines.defs.names import TableNames, table_names
 from cdc_pipelines.defs.reconciliation import SLICE_CHECK
 from cdc_pipelines.defs.resources import KafkaResource, ScratchStorageResource, default_resources
 from cdc_pipelines.reconcile.scratch import ScratchLayout
-from cdc_pipelines_tests.e2e.conftest import ITEMS_MISSING_ID, items_partition_of
+from cdc_pipelines_tests.e2e.conftest import ITEMS_MISSING_ID, ITEMS_ROWS, items_partition_of
 
 UNREACHABLE_KAFKA = "127.0.0.1:1"
 """Nothing listens on port 1, so every Kafka request of the run fails, naming this address."""
@@ -100,3 +102,44 @@ def test_each_slice_check_says_whether_the_slice_agrees(
     assert in_sync.metadata["in_sync"].value is True
     assert (passed.check_name, passed.partition, passed.passed) == (SLICE_CHECK, agreeing, True)
     assert passed.metadata["discrepancies"].value == 0
+
+
+def test_the_initial_load_job_fills_an_empty_target_slice_by_slice(
+    items_declaration: Path, instance, tmp_path, postgres_dsn
+):
+    config = load_config(items_declaration)
+    (names,) = table_names(config)
+    target = sql.Identifier(names.spec.target_schema, names.spec.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DELETE FROM {}").format(target))
+    resources = {**default_resources(), "scratch": ScratchStorageResource(uri=str(tmp_path))}
+    defs = build_definitions(config, resources)
+    index_def = defs.get_assets_def(names.target_index_key)
+    assert dg.materialize([index_def], instance=instance, resources=resources).success
+
+    job = defs.resolve_job_def(names.initial_load_job)
+    # What a backfill of the job runs: the partition's config applies the repair. This table
+    # has no stream (no topic), so the sink's catch-up cannot be confirmed: refused.
+    first = job.execute_in_process(instance=instance, partition_key=names.slices[0])
+    (refused,) = first.asset_materializations_for_node(names.repair_op)
+    assert refused.metadata["applied"].value is False
+    assert "catch-up is unconfirmed" in str(refused.metadata["refused"].value)
+    # Loading it anyway is the operator's explicit choice.
+    anyway = {"ops": {names.repair_op: {"config": {"apply": True, "allow_unconfirmed": True}}}}
+    applied = 0
+    for partition in names.slices:
+        run = job.execute_in_process(instance=instance, partition_key=partition, run_config=anyway)
+        (repaired,) = run.asset_materializations_for_node(names.repair_op)
+        assert repaired.metadata["applied"].value is True
+        applied += repaired.metadata["upserted"].value
+    assert applied == ITEMS_ROWS
+    with psycopg.connect(postgres_dsn) as conn:
+        loaded = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(target)).fetchone()
+    assert loaded == (ITEMS_ROWS,)
+
+    # A reconciliation afterwards finds every slice in sync.
+    assert dg.materialize([index_def], instance=instance, resources=resources).success
+    for partition in names.slices:
+        _, reconciled, check = reconcile(names, defs, instance, partition)
+        assert reconciled.metadata["discrepancies"].value == 0
+        assert check.passed
