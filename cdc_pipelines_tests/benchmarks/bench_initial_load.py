@@ -7,6 +7,12 @@ file into an empty copy of the target. Ours runs in a child process so its peak 
 largest VmHWM over its process tree) is its own.
 
     python -m cdc_pipelines_tests.benchmarks.bench_initial_load --rows 1000000 [--keep]
+        [--drift 0.5]
+
+With ``--drift SHARE``, the loaded table is then reconciled with repair twice more: once as
+it is (no drift: the baseline) and once after SHARE of its rows were damaged in PostgreSQL
+(half deleted, half changed), so the figure is the 50%-drift repair against a clean run of
+the same table.
 """
 
 from __future__ import annotations
@@ -116,6 +122,23 @@ def bare_tools(name: str, settings: ConnectionSettings, scratch: Path) -> tuple[
     return scan_s, time.perf_counter() - started
 
 
+def damage_target(config: PipelineConfig, settings: ConnectionSettings, share: float) -> int:
+    """Delete half of ``share`` of the target's rows and change the other half; rows hit."""
+    table = config.tables[0]
+    target = sql.Identifier(table.target_schema, table.target_table)
+    every = max(1, round(1 / share))
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        deleted = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE id %% %s = 0").format(target), (2 * every,)
+        ).rowcount
+        changed = conn.execute(
+            sql.SQL("UPDATE {} SET status = 'damaged' WHERE id %% %s = %s").format(target),
+            (2 * every, every),
+        ).rowcount
+        conn.execute(sql.SQL("VACUUM ANALYZE {}").format(target))
+    return deleted + changed
+
+
 def ours_in_child(config: PipelineConfig, scratch: Path) -> tuple[float, int, dict[str, object]]:
     """Wall seconds, peak RSS (KiB, largest process) and the report of ``reconcile --repair``."""
     code = (
@@ -161,6 +184,12 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--keep", action="store_true", help="keep the seeded tables")
     parser.add_argument("--reuse", metavar="NAME", help="load tables seeded by a --keep run")
+    parser.add_argument(
+        "--drift",
+        type=float,
+        metavar="SHARE",
+        help="then time a repair of SHARE damaged rows against a clean reconciliation",
+    )
     args = parser.parse_args()
     for key, value in stack.stack_env(StackLayout.from_env()).items():
         os.environ.setdefault(key, value)
@@ -176,6 +205,20 @@ def main() -> None:
             empty_target(config, settings)
             scan_s, copy_s = bare_tools(name, settings, Path(scratch))
             wall_s, peak_kib, report = ours_in_child(config, Path(scratch))
+            drift: dict[str, object] = {}
+            if args.drift:
+                clean_s, _, clean = ours_in_child(config, Path(scratch))
+                damaged = damage_target(config, settings, args.drift)
+                healed_s, healed_kib, healed = ours_in_child(config, Path(scratch))
+                drift = {
+                    "clean reconcile --repair (s)": round(clean_s, 1),
+                    "clean report": clean,
+                    "rows damaged": damaged,
+                    "damaged reconcile --repair (s)": round(healed_s, 1),
+                    "damaged report": healed,
+                    "drift ratio vs clean": round(healed_s / clean_s, 2),
+                    "damaged peak RSS (MiB)": round(healed_kib / 1024),
+                }
         bare_s = scan_s + copy_s
         print(
             json.dumps(
@@ -188,6 +231,7 @@ def main() -> None:
                     "ratio vs bare": round(wall_s / bare_s, 2),
                     "peak RSS (MiB)": round(peak_kib / 1024),
                     "report": report,
+                    **drift,
                 },
                 indent=2,
             )
