@@ -101,7 +101,10 @@ TRANSFORMS_PLUGIN = "plugins/cdc-transforms"
 
 def ensure_transforms(layout: StackLayout) -> Path:
     """Build the project's Connect transform jar into its own plugin directory (cached)."""
-    sources = [*sorted(TRANSFORMS_PROJECT.rglob("*.java")), TRANSFORMS_PROJECT / "pom.xml"]
+    # Every source file, the service manifests under resources/ too (a new provider or
+    # transform must rebuild the jar).
+    src = sorted(p for p in (TRANSFORMS_PROJECT / "src").rglob("*") if p.is_file())
+    sources = [*src, TRANSFORMS_PROJECT / "pom.xml"]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
     target = layout.jars / TRANSFORMS_PLUGIN
     marker = target / MARKER
