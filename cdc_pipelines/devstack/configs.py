@@ -131,7 +131,7 @@ num.io.threads=4
 """
 
 
-def connect_worker_properties(plugin_path: Path, secrets_dir: Path) -> str:
+def connect_worker_properties(plugin_path: Path, secrets_dir: Path, vault_token_file: Path) -> str:
     return f"""\
 bootstrap.servers={LOOPBACK}:{KAFKA_PORT}
 group.id=cdc-devstack-connect
@@ -155,7 +155,10 @@ rest.advertised.port={CONNECT_PORT}
 plugin.path={plugin_path}
 plugin.discovery=hybrid_warn
 connector.client.config.override.policy=All
-config.providers=file
+config.providers=vault,file
+config.providers.vault.class=io.cdcpipelines.connect.VaultConfigProvider
+config.providers.vault.param.address=http://{LOOPBACK}:{OPENBAO_PORT}
+config.providers.vault.param.token.file={vault_token_file}
 config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
 config.providers.file.param.allowed.paths={secrets_dir}
 """
@@ -214,9 +217,13 @@ log_level    = "info"
 
 
 def openbao_read_policy(secret_path: str) -> str:
-    """The AppRole's policy: read the connectors' secrets, nothing else."""
+    """A read-only policy on ``secret_path`` (KV v2; ``cdc/*`` for every secret under cdc/),
+    and on the mount lookup that maps ``secret/cdc/connect`` to its API path."""
     return f"""\
 path "{OPENBAO_KV_MOUNT}/data/{secret_path}" {{
+  capabilities = ["read"]
+}}
+path "sys/internal/ui/mounts/{OPENBAO_KV_MOUNT}/*" {{
   capabilities = ["read"]
 }}
 """

@@ -35,6 +35,10 @@ OPENBAO_KV_MOUNT = "secret"
 OPENBAO_SECRET_PATH = "cdc/connect"
 OPENBAO_APPROLE = "cdc-pipelines"
 OPENBAO_POLICY = "cdc-pipelines-read"
+# The Connect worker's own token (policy: read the secrets under cdc/), renewed by 'up'.
+OPENBAO_CONNECT_POLICY = "cdc-connect-read"
+OPENBAO_CONNECT_TOKEN_FILE = "connect.token"
+OPENBAO_CONNECT_TOKEN_TTL = "768h"
 # Cassandra 5.0 runs on Java 11 or 17; the machine's default JDK is 17.
 JAVA_HOME_ENV = "CDC_JAVA_HOME"
 

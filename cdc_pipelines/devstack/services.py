@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +26,9 @@ from cdc_pipelines.devstack.layout import (
     KAFKA_PORT,
     LOOPBACK,
     OPENBAO_APPROLE,
+    OPENBAO_CONNECT_POLICY,
+    OPENBAO_CONNECT_TOKEN_FILE,
+    OPENBAO_CONNECT_TOKEN_TTL,
     OPENBAO_KV_MOUNT,
     OPENBAO_POLICY,
     OPENBAO_PORT,
@@ -511,11 +515,44 @@ class Connect(Service):
         secrets.write_text(configs.connect_secrets_properties())
         secrets.chmod(0o600)
         (self.home / "worker.properties").write_text(
-            configs.connect_worker_properties(self.layout.plugin_path, self.secrets_dir)
+            configs.connect_worker_properties(
+                self.layout.plugin_path,
+                self.secrets_dir,
+                self.layout.service_dir("openbao") / OPENBAO_CONNECT_TOKEN_FILE,
+            )
         )
         (self.home / "log4j2.xml").write_text(configs.log4j2_xml(self.log_file))
 
+    @property
+    def started_with_file(self) -> Path:
+        """The digest of the worker configuration and plugins the running worker started with."""
+        return self.home / "started-with.sha256"
+
+    def config_digest(self) -> str:
+        """What a running worker must be restarted for: its properties and plugin jars."""
+        parts = [self.home / "worker.properties", *sorted(self.layout.plugin_path.rglob("*.jar"))]
+        digest = hashlib.sha256()
+        for path in parts:
+            digest.update(str(path).encode())
+            digest.update(path.read_bytes() if path.name.endswith(".properties") else b"")
+            digest.update(str(path.stat().st_size).encode() if path.exists() else b"-")
+        for marker in sorted(self.layout.plugin_path.rglob(install.MARKER)):
+            digest.update(marker.read_bytes())
+        return digest.hexdigest()
+
+    def ready_check(self) -> Health:
+        """A worker the stack started with another configuration or other plugins (an older
+        checkout: no Vault provider, an older cdc-transforms) is stopped, so ``up`` starts it
+        again with the current ones; connectors resume from their stored configs and offsets."""
+        recorded = self.started_with_file
+        if self.pid() is not None:
+            started_with = recorded.read_text().strip() if recorded.exists() else ""
+            if started_with != self.config_digest():
+                self.stop()
+        return self.probe()
+
     def start(self) -> None:
+        self.started_with_file.write_text(self.config_digest() + "\n")
         command = [
             _java(),
             f"-Xms{CONNECT_HEAP}",
@@ -814,6 +851,39 @@ class OpenBao(Service):
         client.auth.approle.create_or_update_approle(
             OPENBAO_APPROLE, token_policies=[OPENBAO_POLICY], token_ttl="1h", token_max_ttl="4h"
         )
+        client.sys.create_or_update_policy(
+            OPENBAO_CONNECT_POLICY, configs.openbao_read_policy("cdc/*")
+        )
+        self._renew_connect_token(client)
+
+    @property
+    def connect_token_file(self) -> Path:
+        """The Connect worker's token (mode 0600); its Vault config provider reads it at every
+        lookup, so a token renewed here is used without restarting the worker."""
+        return self.home / OPENBAO_CONNECT_TOKEN_FILE
+
+    def _renew_connect_token(self, client: hvac.Client) -> None:
+        """A token that reads the secrets under ``secret/cdc/`` and nothing else, replaced when
+        missing, revoked or within a week of its end."""
+        try:
+            current = self.connect_token_file.read_text().strip()
+            ttl = client.auth.token.lookup(current)["data"]["ttl"]
+            if current and int(ttl) > 7 * 24 * 3600:
+                return
+        except (OSError, hvac.exceptions.VaultError, KeyError, TypeError, ValueError):
+            pass
+        created = client.auth.token.create_orphan(
+            policies=[OPENBAO_CONNECT_POLICY],
+            no_default_policy=True,
+            ttl=OPENBAO_CONNECT_TOKEN_TTL,
+            display_name="cdc-connect",
+        )
+        token = created["auth"]["client_token"]
+        partial = self.connect_token_file.with_name(self.connect_token_file.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        partial.replace(self.connect_token_file)
 
     def _store_secrets(self, client: hvac.Client) -> None:
         """Write the stack's secrets unless they are there already (no new version per up)."""
