@@ -15,13 +15,14 @@ from cdc_pipelines.commands import (
     connectors_cmd,
     ddl_cmd,
     demo_cmd,
+    dlq_cmd,
     reconcile_cmd,
     stack_cmd,
 )
 from cdc_pipelines.commands.common import say
 from cdc_pipelines.errors import CdcPipelinesError
 
-COMMANDS = (stack_cmd, demo_cmd, config_cmd, ddl_cmd, connectors_cmd, reconcile_cmd)
+COMMANDS = (stack_cmd, demo_cmd, config_cmd, ddl_cmd, connectors_cmd, reconcile_cmd, dlq_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,3 +56,32 @@ class SliceProgress:
     def close(self) -> None:
         elapsed = time.monotonic() - self.started
         self._line(f"{self.rows} rows in {elapsed:.1f}s")
+
+
+class CountProgress:
+    """A bar over a known number of items (e.g. dead letters replayed), drawn on a terminal only."""
+
+    def __init__(self, total: int, stream: TextIO, unit: str = "items") -> None:
+        self.total = total
+        self.stream = stream
+        self.unit = unit
+        self.started = time.monotonic()
+        self._last_draw = 0.0
+        self._tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._drawn = False
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None:
+            self.total = total
+        if self._tty and time.monotonic() - self._last_draw > REDRAW_INTERVAL_S:
+            self._last_draw = time.monotonic()
+            filled = int(BAR_WIDTH * done / max(1, self.total))
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            self.stream.write(f"\r[{bar}] {done}/{self.total} {self.unit}")
+            self.stream.flush()
+            self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
