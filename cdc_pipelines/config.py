@@ -165,6 +165,25 @@ class LagSlo(_Model):
     max_seconds: float = Field(60.0, gt=0.0)
 
 
+class CanarySpec(_Model):
+    """Marks a table as the end-to-end canary: on a schedule one row (partition key ``key``)
+    is written at the source with ``column`` set to its write time in µs, and PostgreSQL is
+    polled until the sink has applied that value. The table is declared, created and
+    streamed like any other; only its single-``text``-key, ``bigint``-column shape is fixed.
+    """
+
+    key: str = Field("canary", min_length=1)
+    column: str = "written_at_us"
+    interval_s: int = Field(60, ge=10, le=3600, strict=True)
+    """How often the probe runs (the canary sensor's interval)."""
+    timeout_s: float = Field(60.0, gt=0.0, le=600.0)
+    """How long a probe waits for the row in PostgreSQL."""
+    stale_after_s: float = Field(300.0, gt=0.0)
+    """The check fails with ERROR once the last arrival is older than this (the alert's 5 min)."""
+    emulate_cdc: bool = False
+    """Also publish the row's change event (the devstack's Cassandra has no CDC log)."""
+
+
 class Expectation(_Model):
     """A data-quality expectation, run with Great Expectations on the target table."""
 
@@ -336,6 +355,7 @@ class TableSpec(_Model):
     lag_slo: LagSlo | None = None
     owners: tuple[str, ...] = ()
     description: str | None = None
+    canary: CanarySpec | None = None
 
     @field_validator("columns", mode="before")
     @classmethod
@@ -499,7 +519,39 @@ class TableSpec(_Model):
                     i,
                     "column",
                 )
+        if self.canary is not None:
+            self._canary_shape(self.canary, index)
         return self
+
+    def _canary_shape(self, canary: CanarySpec, index: Mapping[str, int]) -> None:
+        """A canary table has one ``text`` key column and a replicated ``bigint`` column."""
+        if len(self.partition_key) != 1 or self.clustering_key:
+            raise _error_at(
+                "a canary table has exactly one key column (the partition key) and no "
+                "clustering key",
+                "canary",
+            )
+        if self.columns[index[self.partition_key[0]]].cql_type.name not in ("text", "varchar"):
+            raise _error_at(
+                f"the canary's key column {self.partition_key[0]!r} must be text", "canary"
+            )
+        if canary.column not in index:
+            raise _error_at(
+                f"names undeclared column {canary.column!r}; declare it as bigint",
+                "canary",
+                "column",
+            )
+        if self.columns[index[canary.column]].cql_type.name != "bigint" or canary.column in (
+            *self.primary_key,
+            *self.exclude,
+            *self.mask,
+        ):
+            raise _error_at(
+                f"column {canary.column!r} must be a bigint that is replicated as is (not a "
+                "key, excluded or masked): it carries the write time PostgreSQL is polled for",
+                "canary",
+                "column",
+            )
 
     @property
     def keyspace(self) -> str:
@@ -1160,6 +1212,7 @@ def _all_field_names() -> set[str]:
         Tolerances,
         LagSlo,
         Expectation,
+        CanarySpec,
     )
     return {name for model in models for name in model.model_fields}
 

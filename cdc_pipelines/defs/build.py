@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from cdc_pipelines.config import PipelineConfig, load_config
-from cdc_pipelines.defs import assets, jobs, quality_checks, sensors
+from cdc_pipelines.defs import assets, canary, jobs, quality_checks, sensors
 from cdc_pipelines.defs.names import AssetJob, table_names
 from cdc_pipelines.defs.resources import default_resources
 
@@ -48,6 +48,8 @@ def build_definitions(
         schedules.append(jobs.daily_quality_schedule(quality_job))
     escalation = jobs.escalation_job()
     all_jobs.append(escalation)
+    canary_checks, canary_jobs, canary_sensors = canary.canary_definitions(tables, config)
+    all_jobs.extend(canary_jobs)
     lag_slos = {n.source: n.table.lag_slo for n in tables}
     all_sensors = [
         sensors.make_consumer_lag_sensor(tables, lag_slos, reconcile_jobs),
@@ -55,10 +57,11 @@ def build_definitions(
         sensors.make_dlq_sensor(tables, config.connectors.dlq_topic, reconcile_jobs),
         sensors.make_slice_fanout_sensor(tables, reconcile_jobs),
         sensors.make_replication_health_sensor(replication_job),
+        *canary_sensors,
     ]
     return dg.Definitions(
         assets=all_assets,
-        asset_checks=quality,
+        asset_checks=[*quality, *canary_checks],
         jobs=all_jobs,
         schedules=schedules,
         sensors=all_sensors,

@@ -70,6 +70,9 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
         "CDC_CONNECT_URL": f"http://{LOOPBACK}:{CONNECT_PORT}",
         "CDC_PUSHGATEWAY_URL": f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}",
         "CDC_PROMETHEUS_URL": f"http://{LOOPBACK}:{PROMETHEUS_PORT}",
+        # Cassandra has no CDC log: the canary publishes its row's change event itself
+        # (pipeline.yaml's canary reads this as emulate_cdc).
+        "CDC_EMULATED_CDC": "true",
         "VAULT_ADDR": f"http://{LOOPBACK}:{OPENBAO_PORT}",
         "CDC_CONNECT_SECRETS_FILE": str(
             layout.service_dir("connect") / "secrets/postgres.properties"

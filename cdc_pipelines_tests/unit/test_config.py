@@ -42,7 +42,11 @@ def example() -> PipelineConfig:
 
 
 def test_example_declares_orders_and_all_types(example: PipelineConfig) -> None:
-    assert [t.source for t in example.tables] == ["demo.orders", "demo.all_types"]
+    assert [t.source for t in example.tables] == [
+        "demo.orders",
+        "demo.all_types",
+        "demo.cdc_canary",
+    ]
     orders = example.table("demo.orders")
     assert orders.partition_key == ("region", "CustomerId")
     assert orders.clustering_key == ("placed_at", "order")
@@ -52,6 +56,63 @@ def test_example_declares_orders_and_all_types(example: PipelineConfig) -> None:
     assert example.lag_slo_for(orders).max_seconds == 30
     assert example.slices_for(orders) == 8
     assert len(orders.expectations) >= 5
+
+
+def test_example_declares_the_canary_emulated_only_when_the_devstack_says_so(
+    example: PipelineConfig,
+) -> None:
+    canary = example.table("demo.cdc_canary").canary
+    assert canary is not None
+    assert (canary.key, canary.column, canary.interval_s, canary.timeout_s) == (
+        "canary",
+        "written_at_us",
+        60,
+        60.0,
+    )
+    assert canary.emulate_cdc is False
+    devstack = load_config(EXAMPLE, {"CDC_EMULATED_CDC": "true"}).table("demo.cdc_canary")
+    assert devstack.canary is not None and devstack.canary.emulate_cdc is True
+
+
+CANARY_COLUMNS = "      id: text\n      written_at_us: bigint\n"
+
+
+@pytest.mark.parametrize(
+    ("columns", "keys", "canary", "message"),
+    [
+        (CANARY_COLUMNS, "partition_key: [id]", "{}", None),
+        (
+            "      id: int\n      written_at_us: bigint\n",
+            "partition_key: [id]",
+            "{}",
+            "key column 'id' must be text",
+        ),
+        (
+            CANARY_COLUMNS + "      c: int\n",
+            "partition_key: [id]\n    clustering_key: [c]",
+            "{}",
+            "exactly one key column",
+        ),
+        (CANARY_COLUMNS, "partition_key: [id]", "{column: at}", "names undeclared column 'at'"),
+        (
+            "      id: text\n      written_at_us: timestamp\n",
+            "partition_key: [id]",
+            "{}",
+            "must be a bigint",
+        ),
+        (CANARY_COLUMNS, "partition_key: [id]", "{interval_s: 1}", "greater than or equal"),
+    ],
+)
+def test_a_canary_table_has_a_text_key_and_a_bigint_column(
+    columns: str, keys: str, canary: str, message: str | None
+) -> None:
+    text = one_table(columns, keys=keys, extra=f"    canary: {canary}\n")
+    if message is None:
+        spec = parse_config(text, "p.yaml").tables[0].canary
+        assert spec is not None and spec.key == "canary"
+        return
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, "p.yaml")
 
 
 def test_example_all_types_covers_every_cql_type(example: PipelineConfig) -> None:

@@ -53,6 +53,7 @@ def test_every_value_is_a_string_and_the_configs_serialize(example: PipelineConf
         "scylla-cdc-source",
         "pg-sink-demo-orders",
         "pg-sink-demo-all_types",
+        "pg-sink-demo-cdc_canary",  # the canary streams like any table
     ]
     for connector in built:
         assert all(isinstance(v, str) for v in connector.config.values())
@@ -63,7 +64,7 @@ def test_source_reads_every_table_in_the_advanced_format(example: PipelineConfig
     options = source_connector_config(example, contact_points=["10.0.0.5", "10.0.0.6"]).as_dict()
     assert options["connector.class"] == SCYLLA_CONNECTOR_CLASS
     assert options["topic.prefix"] == "scylla"
-    assert options["scylla.table.names"] == "demo.orders,demo.all_types"
+    assert options["scylla.table.names"] == "demo.orders,demo.all_types,demo.cdc_canary"
     assert options["scylla.cluster.ip.addresses"] == "10.0.0.5:9042,10.0.0.6:9042"
     assert options["cdc.output.format"] == "advanced"
     assert options["cdc.include.after"] == "full"
