@@ -234,9 +234,10 @@ class SummaryBuilder:
             samples.append(text)
         if len(self.keys) < self.sample_size and text not in self.keys:
             self.keys.append(text)
-        if letter.timestamp_ms is not None:
-            self.oldest_ms = min(self.oldest_ms or letter.timestamp_ms, letter.timestamp_ms)
-            self.newest_ms = max(self.newest_ms or letter.timestamp_ms, letter.timestamp_ms)
+        stamp = letter.timestamp_ms
+        if stamp is not None:
+            self.oldest_ms = stamp if self.oldest_ms is None else min(self.oldest_ms, stamp)
+            self.newest_ms = stamp if self.newest_ms is None else max(self.newest_ms, stamp)
         self.replayed_before += letter.replayed_before
 
     def build(self, topics: Sequence[str] = ()) -> DeadLetterSummary:
