@@ -14,18 +14,17 @@ import os
 import re
 from pathlib import Path
 
-import hvac
-import requests
-
 from cdc_pipelines.config import MaskMode, SecretsConfig
-from cdc_pipelines.errors import ConfigError, ServiceError
+from cdc_pipelines.errors import ConfigError
 from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.settings import (
+    VAULT_ADDR_ENV,
+    VAULT_TOKEN_ENV,
+    read_vault_secret,
+    vault_api_path,
+)
 
-VAULT_TOKEN_ENV = "VAULT_TOKEN"
-VAULT_ADDR_ENV = "VAULT_ADDR"
-VAULT_ROLE_ID_ENV = "VAULT_ROLE_ID"
-VAULT_SECRET_ID_ENV = "VAULT_SECRET_ID"
-VAULT_TIMEOUT_S = 10
+__all__ = ["read_mask_salt", "read_properties", "vault_api_path", "with_mask_salt"]
 # A config-provider or environment reference left as text: ${file:…}, ${vault:…}, ${NAME}.
 _UNRESOLVED = re.compile(r"\$\{[^}]*\}")
 
@@ -107,73 +106,21 @@ def _from_file(secrets: SecretsConfig) -> str:
     return entries[secrets.mask_salt_key]
 
 
-def _vault_client(url: str, path: str | None) -> hvac.Client:
-    """A client with VAULT_TOKEN, or logged in by AppRole with VAULT_ROLE_ID/VAULT_SECRET_ID."""
-    token = os.environ.get(VAULT_TOKEN_ENV)
-    role_id = os.environ.get(VAULT_ROLE_ID_ENV)
-    secret_id = os.environ.get(VAULT_SECRET_ID_ENV)
-    if token:
-        return hvac.Client(url=url, token=token, timeout=VAULT_TIMEOUT_S)
-    if role_id and secret_id:
-        client = hvac.Client(url=url, timeout=VAULT_TIMEOUT_S)
-        try:
-            client.auth.approle.login(role_id=role_id, secret_id=secret_id)
-        except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-            raise ServiceError(f"Vault at {url}: AppRole login failed: {exc}") from None
-        return client
-    raise ConfigError(
-        "the mask salt is in Vault: set connectors.secrets.vault_url (or VAULT_ADDR) and "
-        f"{VAULT_TOKEN_ENV} (or {VAULT_ROLE_ID_ENV} and {VAULT_SECRET_ID_ENV} for an AppRole "
-        f"login) so reconciliation can read {path}"
-    )
-
-
-def vault_api_path(client: hvac.Client, path: str) -> str:
-    """``path`` as the HTTP API reads it. On a KV version 2 mount a secret written as
-    ``secret/cdc/connect`` (``vault kv put``) is read at ``secret/data/cdc/connect``; a path
-    that already names ``data/`` under the mount, and any other mount's path, stay as given.
-    When the mount cannot be looked up (a token without the right), the path is read as is."""
-    path = path.strip("/")
-    try:
-        answer = client.read(f"sys/internal/ui/mounts/{path}")
-    except (hvac.exceptions.VaultError, requests.RequestException):
-        return path
-    mount = (answer or {}).get("data") or {}
-    mount_path = str(mount.get("path") or "")
-    version = str((mount.get("options") or {}).get("version") or "1")
-    if mount.get("type") != "kv" or version != "2" or not path.startswith(mount_path):
-        return path
-    rest = path[len(mount_path) :]
-    return path if rest.startswith("data/") else f"{mount_path}data/{rest}"
-
-
 def _from_vault(secrets: SecretsConfig) -> str:
+    path = str(secrets.vault_path)
     url = secrets.vault_url or os.environ.get(VAULT_ADDR_ENV)
     if not url:
         raise ConfigError(
             "the mask salt is in Vault: set connectors.secrets.vault_url (or VAULT_ADDR) and "
-            f"{VAULT_TOKEN_ENV} so reconciliation can read {secrets.vault_path}"
+            f"{VAULT_TOKEN_ENV} so reconciliation can read {path}"
         )
-    client = _vault_client(url, secrets.vault_path)
-    path = str(secrets.vault_path)
-    try:
-        answer = client.read(vault_api_path(client, path))
-    except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-        raise ServiceError(f"Vault at {url}: cannot read {path}: {exc}") from None
-    if answer is None:
-        raise ConfigError(
-            f"Vault at {url} has no secret at {path}; store the salt Connect hashes masked "
-            f"columns with there under {secrets.mask_salt_key!r}"
-        )
-    data = answer.get("data") or {}
-    if isinstance(data.get("metadata"), dict) and isinstance(data.get("data"), dict):
-        data = data["data"]  # KV version 2 nests the secret beside its metadata
-    if secrets.mask_salt_key not in data:
+    secret = read_vault_secret(path, url=url)
+    if secrets.mask_salt_key not in secret:
         raise ConfigError(
             f"Vault secret {path} has no {secrets.mask_salt_key!r} key; add the "
             "salt Connect hashes masked columns with"
         )
-    return str(data[secrets.mask_salt_key])
+    return secret[secrets.mask_salt_key]
 
 
 def read_mask_salt(secrets: SecretsConfig) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,8 +34,12 @@ from cdc_pipelines.settings import (
     DEFAULT_PUSHGATEWAY_URL,
     DEFAULT_SCYLLA_CONTACT_POINTS,
     DEFAULT_SCYLLA_PORT,
+    SCYLLA_PASSWORD_KEY,
+    SCYLLA_USER_KEY,
+    VAULT_SECRET_PATH_ENV,
     ConnectionSettings,
     checked_dsn,
+    read_vault_secret,
 )
 
 CONNECT_TIMEOUT_S = 10
@@ -62,6 +67,23 @@ class ScyllaResource(dg.ConfigurableResource):
 
     contact_points: str = DEFAULT_SCYLLA_CONTACT_POINTS
     port: int = DEFAULT_SCYLLA_PORT
+    vault_secret_path: str = ""
+    """A Vault KV secret with ``scylla.user``/``scylla.password`` (CDC_VAULT_SECRET_PATH),
+    read at each session when the declaration names no login."""
+
+    def settings(self) -> ConnectionSettings:
+        """Where the cluster listens, and its login from Vault when a secret path is set."""
+        settings = ConnectionSettings(
+            scylla_contact_points=self.contact_point_list(), scylla_port=self.port
+        )
+        if not self.vault_secret_path:
+            return settings
+        secret = read_vault_secret(self.vault_secret_path)
+        return replace(
+            settings,
+            scylla_username=secret.get(SCYLLA_USER_KEY) or None,
+            scylla_password=secret.get(SCYLLA_PASSWORD_KEY),
+        )
 
     def contact_point_list(self) -> tuple[str, ...]:
         points = tuple(p.strip() for p in self.contact_points.split(",") if p.strip())
@@ -72,9 +94,7 @@ class ScyllaResource(dg.ConfigurableResource):
     @contextmanager
     def session(self, connection: ScyllaConnection | None = None) -> Iterator[Any]:
         """A CQL session (tuple rows, declared consistency), shut down on exit."""
-        settings = ConnectionSettings(
-            scylla_contact_points=self.contact_point_list(), scylla_port=self.port
-        )
+        settings = self.settings()
         with cql_session(settings, connection) as session:
             yield session
 
@@ -83,11 +103,26 @@ class PostgresResource(dg.ConfigurableResource):
     """The target database; a small connection pool lives for one run or sensor tick."""
 
     dsn: str = DEFAULT_POSTGRES_DSN
+    vault_secret_path: str = ""
+    """A Vault KV secret whose ``postgres.user``/``postgres.password`` replace the DSN's login
+    (CDC_VAULT_SECRET_PATH); read when a run or tick first connects, so a rotated password
+    needs no change here."""
     connect_timeout_s: int = CONNECT_TIMEOUT_S
     statement_timeout_s: int = STATEMENT_TIMEOUT_S
     pool_max_size: int = POOL_MAX_SIZE
 
     _pool: ConnectionPool[Any] | None = PrivateAttr(default=None)
+
+    def resolved_dsn(self) -> str:
+        """The DSN to connect with: the configured one, its login from Vault when set."""
+        dsn = checked_dsn(self.dsn)
+        if not self.vault_secret_path:
+            return dsn
+        return (
+            ConnectionSettings(postgres_dsn=dsn)
+            .with_vault_logins(self.vault_secret_path)
+            .postgres_dsn
+        )
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -101,7 +136,7 @@ class PostgresResource(dg.ConfigurableResource):
         """A pooled autocommit connection with connect and statement timeouts."""
         if self._pool is None:
             self._pool = ConnectionPool(
-                checked_dsn(self.dsn),
+                self.resolved_dsn(),
                 min_size=0,
                 max_size=self.pool_max_size,
                 kwargs=self._kwargs(),
@@ -183,10 +218,9 @@ def connection_settings(
 ) -> ConnectionSettings:
     """Where the reconciliation steps find the source, the target and the topic's offsets,
     taken from the resources a run was given (never from the library's defaults)."""
-    return ConnectionSettings(
-        scylla_contact_points=scylla.contact_point_list(),
-        scylla_port=scylla.port,
-        postgres_dsn=checked_dsn(postgres.dsn),
+    return replace(
+        scylla.settings(),
+        postgres_dsn=postgres.resolved_dsn(),
         kafka_bootstrap_servers=kafka.bootstrap_servers,
     )
 
@@ -201,8 +235,12 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             port=dg.EnvVar.int("CDC_SCYLLA_PORT")
             if "CDC_SCYLLA_PORT" in os.environ
             else DEFAULT_SCYLLA_PORT,
+            vault_secret_path=env_or_default(VAULT_SECRET_PATH_ENV, ""),
         ),
-        "postgres": PostgresResource(dsn=env_or_default("CDC_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)),
+        "postgres": PostgresResource(
+            dsn=env_or_default("CDC_POSTGRES_DSN", DEFAULT_POSTGRES_DSN),
+            vault_secret_path=env_or_default(VAULT_SECRET_PATH_ENV, ""),
+        ),
         "kafka": KafkaResource(
             bootstrap_servers=env_or_default(
                 "CDC_KAFKA_BOOTSTRAP_SERVERS", DEFAULT_KAFKA_BOOTSTRAP_SERVERS

@@ -71,11 +71,11 @@ def cql_session(
         request_timeout=REQUEST_TIMEOUT_S,
         row_factory=tuple_factory,
     )
-    auth = (
-        PlainTextAuthProvider(connection.username, connection.password or "")
-        if connection.username
-        else None
-    )
+    # The declared login, else the one from Vault (settings.scylla_username, read when
+    # CDC_VAULT_SECRET_PATH is set); a declared user without a password takes Vault's.
+    username = connection.username or settings.scylla_username
+    password = connection.password or settings.scylla_password
+    auth = PlainTextAuthProvider(username, password or "") if username else None
     cluster = Cluster(
         contact_points,
         port=port,
