@@ -25,7 +25,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ("plan", "print the generated configs and the diff against what Connect runs"),
         ("apply", "validate, then create or update connectors whose config differs"),
         ("status", "connector and task state; exit 3 when a task is not RUNNING"),
-        ("restart", "restart failed tasks (includeTasks=true&onlyFailed=true)"),
+        (
+            "restart",
+            "restart failed tasks (includeTasks=true&onlyFailed=true); --all restarts every "
+            "connector and task, which resolves their secrets again after a rotation",
+        ),
     ):
         command = sub.add_parser(name, help=text)
         add_config_option(command)
@@ -36,6 +40,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         if name == "plan":
             command.add_argument("--json", action="store_true", help="print configs as JSON")
+        if name == "restart":
+            command.add_argument(
+                "--all",
+                action="store_true",
+                help="restart every declared connector with all its tasks, running or not: the "
+                "worker resolves their ${vault:…}/${file:…} references again, so a rotated "
+                "password or salt is used from here on",
+            )
     parser.set_defaults(handler=run)
 
 
@@ -86,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 if task.trace:
                     print("    " + task.trace.strip().splitlines()[0])
         return EXIT_OK if healthy else EXIT_SERVICE
+    if args.all:
+        return restart_all(client, wanted)
     restarted = 0
     for connector in wanted:
         status = client.status(connector.name)
@@ -95,4 +109,23 @@ def run(args: argparse.Namespace) -> int:
             print(f"{connector.name}: restarted {len(status.failed_tasks)} failed task(s)")
     if not restarted:
         print("no failed connector or task")
+    return EXIT_OK
+
+
+def restart_all(client: ConnectClient, wanted: tuple[ConnectorConfig, ...]) -> int:
+    """Restart each deployed connector and every task: Connect resolves config-provider
+    references when it starts a connector or task, never while they run, so this is how a
+    secret rotated in Vault reaches the running sinks (docs/operations.md)."""
+    restarted = 0
+    for connector in wanted:
+        status = client.status_if_exists(connector.name)
+        if status is None:
+            print(f"{connector.name}: not deployed")
+            continue
+        client.restart(connector.name, only_failed=False, include_tasks=True)
+        restarted += 1
+        print(f"{connector.name}: restarted the connector and {len(status.tasks)} task(s)")
+    if not restarted:
+        say("no declared connector is deployed; run 'cdc-pipelines connectors apply'")
+        return EXIT_SERVICE
     return EXIT_OK

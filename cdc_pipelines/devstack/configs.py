@@ -18,6 +18,7 @@ from cdc_pipelines.devstack.layout import (
     OPENBAO_KV_MOUNT,
     OPENBAO_PORT,
     POSTGRES_PASSWORD,
+    POSTGRES_PASSWORD_GROUP,
     POSTGRES_PORT,
     POSTGRES_USER,
     PUSHGATEWAY_PORT,
@@ -175,6 +176,19 @@ def connect_secrets_properties() -> str:
 
 # The devstack's salt for hashed (masked) columns; production keeps its own in Vault.
 MASK_SALT = "cdc-devstack-salt"
+
+
+def postgres_hba(current: str) -> str:
+    """``pg_hba.conf`` with the members of POSTGRES_PASSWORD_GROUP made to give their password
+    over TCP (scram-sha-256), ahead of initdb's trust lines; unchanged when already there."""
+    lines = [
+        f"host    all             +{POSTGRES_PASSWORD_GROUP}     {address}            scram-sha-256"
+        for address in ("127.0.0.1/32", "::1/128")
+    ]
+    if all(line in current.splitlines() for line in lines):
+        return current
+    marker = "# cdc-pipelines: password-checked logins (written by 'stack up')"
+    return "\n".join([marker, *lines, current])
 
 
 def postgres_conf(socket_dir: Path) -> str:

@@ -43,6 +43,9 @@ OPENBAO_CONNECT_TOKEN_TTL = "768h"
 JAVA_HOME_ENV = "CDC_JAVA_HOME"
 
 POSTGRES_USER = "cdc"
+# Members of this (NOLOGIN) role must give their password over TCP; every other login is
+# trusted on loopback. Tests that rotate a password create their login in it.
+POSTGRES_PASSWORD_GROUP = "cdc_password_login"
 POSTGRES_PASSWORD = "cdc"
 POSTGRES_DB = "cdc"
 DAGSTER_DB = "dagster"

@@ -36,6 +36,7 @@ from cdc_pipelines.devstack.layout import (
     POSTGRES_BIN,
     POSTGRES_DB,
     POSTGRES_PASSWORD,
+    POSTGRES_PASSWORD_GROUP,
     POSTGRES_PORT,
     POSTGRES_USER,
     PROMETHEUS_BIN,
@@ -210,8 +211,13 @@ class Postgres(Service):
                 raise DevstackError(f"initdb failed in {self.data}: {result.stderr.strip()}")
         conf = self.data / "postgresql.conf"
         conf.write_text(configs.postgres_conf(self.socket_dir))
-        if os.geteuid() == 0:
-            shutil.chown(conf, "postgres", "postgres")
+        hba = self.data / "pg_hba.conf"
+        current = hba.read_text()
+        if configs.postgres_hba(current) != current:
+            hba.write_text(configs.postgres_hba(current))
+        for path in (conf, hba):
+            if os.geteuid() == 0:
+                shutil.chown(path, "postgres", "postgres")
 
     def start(self) -> None:
         self.layout.logs.mkdir(parents=True, exist_ok=True)
@@ -293,6 +299,17 @@ class Postgres(Service):
                         sql.Identifier(POSTGRES_USER), sql.Literal(POSTGRES_PASSWORD)
                     )
                 )
+            group = conn.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (POSTGRES_PASSWORD_GROUP,)
+            ).fetchone()
+            if not group:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} NOLOGIN").format(
+                        sql.Identifier(POSTGRES_PASSWORD_GROUP)
+                    )
+                )
+            # pg_hba.conf may have gained the group's line since the server started.
+            conn.execute("SELECT pg_reload_conf()")
             for database in (POSTGRES_DB, DAGSTER_DB):
                 found = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
