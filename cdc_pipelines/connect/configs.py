@@ -290,7 +290,9 @@ def _transforms(table: TableSpec, version_column: str, secrets: SecretsConfig) -
                 {
                     "type": HASH_FIELDS,
                     "fields": ",".join(hashed_text),
-                    "salt": secret_reference(secrets, secrets.mask_salt_key),
+                    # salt.secret, not salt: the sink task logs its config and masks only
+                    # keys ending in "secret"/"password" (HashFields.SALT_SECRET).
+                    "salt.secret": secret_reference(secrets, secrets.mask_salt_key),
                     **unless_tombstone,
                 },
             )

@@ -30,7 +30,11 @@ public class Drive {
     for (int i = 0; i + 1 < args.length; i += 2) {
       HashFields<SinkRecord> transform = new HashFields<>();
       try {
-        transform.configure(Map.of("fields", args[i], "salt", args[i + 1]));
+        // "secret:<salt>" is given under salt.secret (the generated configs' key), else salt.
+        String[] salt = args[i + 1].startsWith("secret:")
+            ? new String[] {"salt.secret", args[i + 1].substring(7)}
+            : new String[] {"salt", args[i + 1]};
+        transform.configure(Map.of("fields", args[i], salt[0], salt[1]));
         SinkRecord record = new SinkRecord("ks.t", 0, null, null, schema, row, 0);
         System.out.println("hashed " + ((Struct) transform.apply(record).value()).get("email"));
       } catch (RuntimeException e) {
@@ -69,15 +73,17 @@ def run_transform(tmp_path: Path, *cases: tuple[str, str]) -> list[str]:
 def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(
     tmp_path: Path,
 ) -> None:
-    hashed, missing, empty, blank, unresolved = run_transform(
+    hashed, by_secret_key, missing, empty, blank, unresolved = run_transform(
         tmp_path,
         ("email", "pepper"),
+        ("email", "secret:pepper"),
         ("email,phone", "pepper"),
         ("email", ""),
         ("email", "  "),
         ("email", "${file:/etc/kafka-connect/secrets/postgres.properties:mask.salt}"),
     )
     assert hashed == "hashed " + hashlib.sha256(b"pepper" + b"a@b.c").hexdigest()
+    assert by_secret_key == hashed
     assert missing.startswith("refused HashFields: columns [phone]")
     assert "missing from the record of ks.t" in missing
     assert empty.startswith("refused") and "salt is empty" in empty

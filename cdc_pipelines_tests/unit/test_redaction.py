@@ -27,6 +27,7 @@ PASSWORD = "Sekr3t-pw-42"
         "vault.token",
         "aws.credentials",
         "transforms.maskHashed.salt",
+        "transforms.maskHashed.salt.secret",
     ],
 )
 def test_every_secret_bearing_key_is_hidden_unless_a_provider_reference(key: str) -> None:

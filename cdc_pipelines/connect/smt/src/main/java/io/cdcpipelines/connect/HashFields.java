@@ -26,13 +26,23 @@ import org.apache.kafka.connect.transforms.Transformation;
  */
 public class HashFields<R extends ConnectRecord<R>> implements Transformation<R> {
   public static final String FIELDS = "fields";
+  /**
+   * The salt. Named {@code salt.secret} because the Debezium JDBC sink's task logs its whole
+   * configuration at start-up and masks only keys ending in {@code secret} or {@code password}
+   * (its {@code Configuration.PASSWORD_PATTERN}): under {@code salt} the resolved value was
+   * written to the worker log.
+   */
+  public static final String SALT_SECRET = "salt.secret";
+  /** The former name, still read when {@code salt.secret} is not set. */
   public static final String SALT = "salt";
   private static final ConfigDef CONFIG =
       new ConfigDef()
           .define(FIELDS, ConfigDef.Type.LIST, ConfigDef.NO_DEFAULT_VALUE,
               ConfigDef.Importance.HIGH, "String columns to hash.")
+          .define(SALT_SECRET, ConfigDef.Type.PASSWORD, "",
+              ConfigDef.Importance.MEDIUM, "Prepended to each value before hashing.")
           .define(SALT, ConfigDef.Type.PASSWORD, "",
-              ConfigDef.Importance.MEDIUM, "Prepended to each value before hashing.");
+              ConfigDef.Importance.LOW, "The salt's former name (" + SALT_SECRET + " wins).");
 
   private List<String> fields;
   private byte[] salt;
@@ -46,18 +56,24 @@ public class HashFields<R extends ConnectRecord<R>> implements Transformation<R>
       throw new ConfigException(FIELDS, names, "name at least one column to hash");
     }
     fields = names;
-    Object secret = parsed.get(SALT);
-    String saltText = secret == null ? "" : ((org.apache.kafka.common.config.types.Password) secret).value();
+    String saltText = passwordText(parsed.get(SALT_SECRET));
+    if (saltText.isEmpty()) {
+      saltText = passwordText(parsed.get(SALT));
+    }
     if (saltText.isBlank()) {
-      throw new ConfigException(SALT, "(hidden)",
+      throw new ConfigException(SALT_SECRET, "(hidden)",
           "the salt is empty, so the hashes could be reversed by hashing guesses; set it");
     }
     if (saltText.contains("${")) {
-      throw new ConfigException(SALT, "(hidden)",
+      throw new ConfigException(SALT_SECRET, "(hidden)",
           "the salt holds an unresolved ${...} reference; configure the worker's config"
               + " provider so it resolves");
     }
     salt = saltText.getBytes(StandardCharsets.UTF_8);
+  }
+
+  private static String passwordText(Object value) {
+    return value == null ? "" : ((org.apache.kafka.common.config.types.Password) value).value();
   }
 
   @Override
