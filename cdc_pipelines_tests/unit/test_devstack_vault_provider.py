@@ -1,0 +1,50 @@
+"""What the stack writes so Connect resolves ${vault:…} and PostgreSQL checks test logins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdc_pipelines.devstack import configs
+from cdc_pipelines.devstack.layout import POSTGRES_PASSWORD_GROUP
+
+
+def properties(text: str) -> dict[str, str]:
+    return dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+
+
+def test_the_worker_registers_the_projects_vault_provider_with_a_token_file() -> None:
+    worker = properties(
+        configs.connect_worker_properties(
+            Path("/p"), Path("/s"), Path("/state/openbao/connect.token")
+        )
+    )
+    assert worker["config.providers"] == "vault,file"
+    assert worker["config.providers.vault.class"] == "io.cdcpipelines.connect.VaultConfigProvider"
+    assert worker["config.providers.vault.param.address"] == "http://127.0.0.1:8200"
+    assert worker["config.providers.vault.param.token.file"] == "/state/openbao/connect.token"
+    assert not any("token=" in line for line in worker)  # the token itself is never written here
+
+
+def test_the_connect_policy_reads_secrets_under_cdc_only() -> None:
+    policy = configs.openbao_read_policy("cdc/*")
+    assert 'path "secret/data/cdc/*"' in policy
+    assert 'capabilities = ["read"]' in policy
+    assert "create" not in policy and "update" not in policy
+
+
+def test_pg_hba_checks_the_password_group_first_and_once() -> None:
+    initdb = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+    written = configs.postgres_hba(initdb)
+    rules = [line for line in written.splitlines() if line and not line.startswith("#")]
+    assert rules[0].split() == [
+        "host",
+        "all",
+        f"+{POSTGRES_PASSWORD_GROUP}",
+        "127.0.0.1/32",
+        "scram-sha-256",
+    ]
+    assert rules[1].split()[3:] == ["::1/128", "scram-sha-256"]
+    assert rules[2:] == initdb.splitlines()
+    assert configs.postgres_hba(written) == written
