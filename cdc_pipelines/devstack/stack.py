@@ -19,7 +19,9 @@ from cdc_pipelines.devstack.layout import (
     DAGSTER_DB,
     KAFKA_PORT,
     LOOPBACK,
+    OPENBAO_KV_MOUNT,
     OPENBAO_PORT,
+    OPENBAO_SECRET_PATH,
     POSTGRES_DB,
     POSTGRES_PASSWORD,
     POSTGRES_PORT,
@@ -74,6 +76,9 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
         # (pipeline.yaml's canary reads this as emulate_cdc).
         "CDC_EMULATED_CDC": "true",
         "VAULT_ADDR": f"http://{LOOPBACK}:{OPENBAO_PORT}",
+        # The shipped pipeline.yaml's connectors resolve their secrets from OpenBao.
+        "CDC_CONNECT_SECRETS_PROVIDER": "vault",
+        "CDC_CONNECT_VAULT_PATH": f"{OPENBAO_KV_MOUNT}/data/{OPENBAO_SECRET_PATH}",
         "CDC_CONNECT_SECRETS_FILE": str(
             layout.service_dir("connect") / "secrets/postgres.properties"
         ),
