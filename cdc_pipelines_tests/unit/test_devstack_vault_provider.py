@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdc_pipelines.devstack import configs
-from cdc_pipelines.devstack.layout import POSTGRES_PASSWORD_GROUP
+from cdc_pipelines.devstack.layout import POSTGRES_PASSWORD_GROUP, StackLayout
+from cdc_pipelines.devstack.services import Connect, Health
 
 
 def properties(text: str) -> dict[str, str]:
@@ -47,3 +48,32 @@ def test_pg_hba_checks_the_password_group_first_and_once() -> None:
     assert rules[1].split()[3:] == ["::1/128", "scram-sha-256"]
     assert rules[2:] == initdb.splitlines()
     assert configs.postgres_hba(written) == written
+
+
+def test_up_restarts_a_worker_started_with_another_config_or_plugins(
+    tmp_path: Path, monkeypatch
+) -> None:
+    layout = StackLayout(state=tmp_path / "state", cache=tmp_path / "cache")
+    connect = Connect(layout)
+    connect.home.mkdir(parents=True)
+    (connect.home / "worker.properties").write_text("config.providers=vault,file\n")
+    jar = layout.plugin_path / "cdc-transforms" / "cdc-transforms-0.1.0.jar"
+    jar.parent.mkdir(parents=True)
+    jar.write_bytes(b"v1")
+    stopped: list[int] = []
+    monkeypatch.setattr(Connect, "pid", lambda self: 4242)
+    monkeypatch.setattr(Connect, "stop", lambda self: stopped.append(1) or True)
+    monkeypatch.setattr(Connect, "probe", lambda self: Health("connect", True, "up"))
+
+    connect.ready_check()  # started by an older checkout: no record of its configuration
+    assert len(stopped) == 1
+    connect.started_with_file.write_text(connect.config_digest() + "\n")
+    connect.ready_check()
+    assert len(stopped) == 1  # same configuration and plugins: left running
+    jar.write_bytes(b"v2 is longer")
+    connect.ready_check()
+    assert len(stopped) == 2
+    connect.started_with_file.write_text(connect.config_digest() + "\n")
+    (connect.home / "worker.properties").write_text("config.providers=file\n")
+    connect.ready_check()
+    assert len(stopped) == 3
