@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,33 +174,44 @@ def plan_chunk(
 def apply_planned(
     table: ReplicatedTable, chunk: PlannedChunk, repairer: Repairer, source_has: Presence
 ) -> VerifiedRepair | None:
-    """Apply a planned chunk, then take back what the source deleted meanwhile.
-
-    Between the re-read and the commit, the source may delete a key and the sink apply that
-    delete; repair would then bring the row back. So the written keys are checked at the
-    source once more after the batches commit, and those gone are deleted again under the
-    version guard (only a row at most as new as the one repair wrote is removed).
-    None when there is nothing to repair.
-    """
+    """Apply a planned chunk, then take back what the source deleted meanwhile
+    (:func:`take_back`). None when there is nothing to repair."""
     if chunk.plan.is_empty:
         return None
     outcome = repairer.apply(chunk.plan)
-    keys = [key for key, _ in chunk.written]
+    return VerifiedRepair(outcome, take_back(table, chunk.written, repairer, source_has))
+
+
+def take_back(
+    table: ReplicatedTable,
+    written: Sequence[tuple[Key, int]],
+    repairer: Repairer,
+    source_has: Presence,
+) -> int:
+    """Delete again the written keys the source no longer has; how many rows were removed.
+
+    Between the re-read and the commit, the source may delete a key and the sink apply that
+    delete; repair would then bring the row back. So once the batches that wrote
+    ``written`` (keys and the versions written) have committed, the keys are checked at the
+    source once more, and those gone are deleted again under the version guard (only a row
+    at most as new as the one repair wrote is removed). Call it after the commit of every
+    batch it covers: a whole slice's chunks can be checked at once, by one scan.
+    """
+    keys = [key for key, _ in written]
     still = source_has(keys) if keys else []
     gone = [
         ExtraRow(key, version)
-        for (key, version), present in zip(chunk.written, still, strict=True)
+        for (key, version), present in zip(written, still, strict=True)
         if not present
     ]
-    undone = 0
-    if gone:
-        log.info(
-            "table %s: %d repaired key(s) were deleted at the source meanwhile; removing them",
-            table.target,
-            len(gone),
-        )
-        undone = repairer.apply(plan_repair(table, [], gone, run_id=repairer.run_id)).deleted
-    return VerifiedRepair(outcome, undone)
+    if not gone:
+        return 0
+    log.info(
+        "table %s: %d repaired key(s) were deleted at the source meanwhile; removing them",
+        table.target,
+        len(gone),
+    )
+    return repairer.apply(plan_repair(table, [], gone, run_id=repairer.run_id)).deleted
 
 
 def repair_verified(

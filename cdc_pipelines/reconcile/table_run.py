@@ -7,6 +7,7 @@ run with nothing changed; memory follows one slice's candidates, not the table's
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import pickle
 import shutil
@@ -25,11 +26,12 @@ from cdc_pipelines.postgres.repair import new_run_id, render_script
 from cdc_pipelines.reconcile.diff_step import SliceOutcome, diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
 from cdc_pipelines.reconcile.repair_step import (
+    PlannedChunk,
     Repairer,
     RepairSettings,
-    apply_planned,
     plan_chunk,
     plan_verified_repair,
+    take_back,
     unconfirmed_reason,
 )
 from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport, Tally
@@ -48,6 +50,7 @@ from cdc_pipelines.reconcile.verify_step import (
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id, slice_ids
+from cdc_pipelines.rows.keys import Key
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_WORKERS = 2
@@ -310,11 +313,24 @@ def _verify_and_act(
             for planned in slices:
                 token_slice = slice_by_id(planned.slice_id, table.slices)
                 presence = verifier.source_presence(token_slice, rows_by_slice[planned.slice_id])
-                for path in planned.plans:
-                    chunk = pickle.loads(path.read_bytes())
-                    done = apply_planned(table, chunk, repairer, presence)
-                    report.undone_after_source_delete += done.undone if done else 0
-                    path.unlink()
+                # The slice's written keys are checked at the source once, after all its
+                # chunks committed: one scan of the slice instead of one per chunk.
+                written: list[tuple[Key, int]] = []
+                try:
+                    for path in planned.plans:
+                        chunk: PlannedChunk = pickle.loads(path.read_bytes())
+                        if not chunk.plan.is_empty:
+                            repairer.apply(chunk.plan)
+                            written.extend(chunk.written)
+                        path.unlink()
+                except BaseException:
+                    # What did commit is still checked, if the services let us.
+                    with contextlib.suppress(CdcPipelinesError):
+                        undone = take_back(table, written, repairer, presence)
+                        report.undone_after_source_delete += undone
+                    raise
+                undone = take_back(table, written, repairer, presence)
+                report.undone_after_source_delete += undone
         finally:
             settled = report.add_repair(repairer.totals())
             # A rerun re-verifies and plans anew: the checked plans are of no further use.
