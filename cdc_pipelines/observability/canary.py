@@ -13,6 +13,7 @@ Cassandra has no CDC log; against ScyllaDB the source connector captures the wri
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,15 @@ class CanaryProbe:
         write time of the newest one PostgreSQL holds (None: none ever did)."""
         if self.arrived:
             return self.finished_at
-        return None if self.seen_us is None else self.seen_us / 1e6
+        if self.seen_us is None or self.foreign:
+            return None
+        return self.seen_us / 1e6
+
+    @property
+    def foreign(self) -> bool:
+        """PostgreSQL holds a value written after this probe's: another prober's clock runs
+        ahead, or this host's stepped back. It proves nothing about this probe's arrival."""
+        return self.seen_us is not None and not self.arrived and self.seen_us > self.written_at_us
 
     def age_s(self) -> float | None:
         """How long ago a canary last arrived, as of the end of the probe."""
@@ -88,11 +97,15 @@ class CanaryProbe:
                 f"PostgreSQL after {self.waited_s:.2f}s"
             )
         age = self.age_s()
-        last = (
-            "no canary has ever reached it"
-            if age is None
-            else f"the newest canary it holds was written {age / 60:.1f} minutes ago"
-        )
+        if self.foreign:
+            last = (
+                "it holds a canary value later than this probe's (another prober's clock runs "
+                "ahead, or this host's clock stepped back), which does not count"
+            )
+        elif age is None:
+            last = "no canary has ever reached it"
+        else:
+            last = f"the newest canary it holds was written {age / 60:.1f} minutes ago"
         return (
             f"the canary written to {self.table} at {written} did not reach {self.target} in "
             f"PostgreSQL within {self.waited_s:.0f}s; {last}. Check the sink connector "
@@ -169,13 +182,15 @@ def probe(
     (default: the declaration's)."""
     canary = canary_of(table)
     wait = canary.timeout_s if timeout_s is None else timeout_s
-    written_at_us = now_us()
+    # A value no other probe writes: a prober whose clock runs ahead (or this host's clock
+    # stepping back) must not make an older or foreign value pass for this probe's.
+    written_at_us = now_us() + secrets.randbelow(1000)
     started = time.monotonic()
     write_canary(session, config, table, written_at_us, kafka_bootstrap_servers)
     while True:
         seen = read_canary(conn, table)
         waited = time.monotonic() - started
-        if seen is not None and seen >= written_at_us:
+        if seen == written_at_us:
             arrived = True
             break
         if waited >= wait:

@@ -391,20 +391,23 @@ class SourceRange:
         positions = [statements.positions[n] for n in table.primary_key]
         partition = ", ".join(quote_cql(n) for n in table.partition_key)
         scan = statements.select + f"token({partition}) > ? AND token({partition}) <= ?"
-        self.rows: dict[tuple[object, ...], SourceRow] = {}
+        # Rows are kept as the driver returned them and converted only when a key is read:
+        # most re-scans are for a share of the range's rows, not all of them.
+        self._statements = statements
+        self._found: dict[tuple[object, ...], object] = {}
         try:
             outcomes = _execute(session, scan, cql_token_bounds(ranges), concurrency)
             for outcome in outcomes:
                 for found in outcome.result_or_exc:
-                    row = statements.source_row(found)
+                    values = _row_values(found)
                     try:
                         key = tuple(
-                            match_value(row.values[p], cql, returned=True)
+                            match_value(_aware(values[p], cql), cql, returned=True)
                             for p, cql in zip(positions, self._types, strict=True)
                         )
                     except NotExact:  # found by its own re-read, if it is a candidate
                         continue
-                    self.rows[key] = row
+                    self._found[key] = found
         except Exception as exc:  # the driver raises many unrelated types
             raise ServiceError(
                 f"table {table.source}: re-reading a token range from the source failed "
@@ -421,7 +424,8 @@ class SourceRange:
             if wanted is None:
                 unmatched.append(index)
             else:
-                found[index] = self.rows.get(wanted)
+                raw = self._found.get(wanted)
+                found[index] = None if raw is None else self._statements.source_row(raw)
         if unmatched:
             reread = read_source_rows(self.session, self.replicated, [keys[i] for i in unmatched])
             for index, row in zip(unmatched, reread, strict=True):

@@ -149,3 +149,29 @@ def test_a_canary_that_never_arrived_fails_the_check_with_error(canary, instance
     assert "last_arrival" not in missed.metadata
     # Never: 0, so CdcCanaryStale (time() - last success > 300) fires rather than stays silent.
     assert pushed(pushgateway_url, names.source)[metrics.CANARY_LAST_SUCCESS.name] == 0
+
+
+def test_a_newer_value_already_in_postgresql_does_not_pass_for_the_probe(
+    canary, instance, postgres_dsn
+):
+    """Another prober with a clock ahead (or this host's clock stepping back) left a larger
+    value in PostgreSQL; with the sink stopped, this probe's own value never arrives."""
+    config, client, sink = canary
+    (names,) = table_names(config)
+    client.pause(sink)
+    client.wait_for_state(sink, "PAUSED")
+    target = sql.Identifier(names.spec.target_schema, names.spec.target_table)
+    ahead_us = 10**18  # far in the future
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, written_at_us) VALUES (%s, %s) ON CONFLICT (id) "
+                "DO UPDATE SET written_at_us = EXCLUDED.written_at_us"
+            ).format(target),
+            (names.spec.canary.key, ahead_us),
+        )
+    missed = run_canary(build_definitions(config), instance)
+    assert not missed.passed, missed.description
+    assert missed.severity == dg.AssetCheckSeverity.ERROR
+    assert "later than this probe's" in (missed.description or ""), missed.description
+    assert "last_arrival" not in missed.metadata  # a future value is no arrival
