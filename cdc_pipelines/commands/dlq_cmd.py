@@ -88,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         print_summary(table.source, result.summary)
     if args.apply:
         say(f"{table.source}: replayed {result.replayed} dead letter(s) to {table.topic}")
+        if result.replayed:
+            # The sink upserts without a version guard: a replayed letter may be older than a
+            # change it applied meanwhile, or bring back a row deleted since. Reconciliation
+            # with repair settles both from the source.
+            say(
+                f"{table.source}: once the sink has applied them, run 'cdc-pipelines "
+                f"reconcile {table.source} --repair': a replayed change older than one applied "
+                "meanwhile, or a row deleted since, is settled from the source"
+            )
     else:
         say(
             f"{table.source}: {result.summary.count} dead letter(s) would be replayed to "

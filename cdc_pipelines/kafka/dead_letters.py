@@ -384,7 +384,7 @@ class TableDeadLetters:
             total = sum(r.depth for r in ranges.values())
             unsent: dict[PartitionKey, int] = {}
             chunk = 0
-            for read, letter in enumerate(self._letters(consumer, ranges), start=1):
+            for read, letter in enumerate(self._in_topic_order(consumer, ranges), start=1):
                 if belongs_to(letter, self.topic, self.dlq_topic):
                     builder.add(letter)
                     if producer is not None:
@@ -460,6 +460,17 @@ class TableDeadLetters:
                 f"{self.group} within {self.timeout_s:.0f}s: {exc}"
             ) from None
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+
+    def _in_topic_order(
+        self, consumer: Consumer, ranges: Mapping[PartitionKey, PartitionRange]
+    ) -> Iterator[DeadLetter]:
+        """Every letter, one DLQ topic after the other: the shared queue (which earlier
+        declarations wrote to) before the table's own, so that a key whose letters sit in
+        both is replayed oldest first; within a topic, each partition in offset order."""
+        topics = sorted({t for t, _ in ranges}, key=lambda t: (t == self.dlq_topic, t))
+        for topic in topics:
+            part = {key: r for key, r in ranges.items() if key[0] == topic}
+            yield from self._letters(consumer, part)
 
     def _letters(
         self, consumer: Consumer, ranges: Mapping[PartitionKey, PartitionRange]

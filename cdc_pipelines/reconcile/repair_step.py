@@ -7,6 +7,7 @@ run id, numbering batches on from the last, so a table can be repaired slice by 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import ConnectionPool
 
-from cdc_pipelines.errors import ServiceError
+from cdc_pipelines.errors import CdcPipelinesError, ServiceError
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import (
     BatchReport,
@@ -178,7 +179,13 @@ def apply_planned(
     (:func:`take_back`). None when there is nothing to repair."""
     if chunk.plan.is_empty:
         return None
-    outcome = repairer.apply(chunk.plan)
+    try:
+        outcome = repairer.apply(chunk.plan)
+    except BaseException:
+        # Its batches commit one by one: what did commit is still checked, if possible.
+        with contextlib.suppress(CdcPipelinesError):
+            take_back(table, chunk.written, repairer, source_has)
+        raise
     return VerifiedRepair(outcome, take_back(table, chunk.written, repairer, source_has))
 
 

@@ -320,8 +320,10 @@ def _verify_and_act(
                     for path in planned.plans:
                         chunk: PlannedChunk = pickle.loads(path.read_bytes())
                         if not chunk.plan.is_empty:
-                            repairer.apply(chunk.plan)
+                            # Before the apply: its batches commit one by one, and a key a
+                            # failing chunk already wrote must be checked too.
                             written.extend(chunk.written)
+                            repairer.apply(chunk.plan)
                         path.unlink()
                 except BaseException:
                     # What did commit is still checked, if the services let us.
