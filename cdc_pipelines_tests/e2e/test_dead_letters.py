@@ -162,6 +162,7 @@ def test_dead_letters_are_inspected_and_replayed_once_the_cause_is_fixed(
     code, out, err = cli(capsys, "dlq", "replay", name, "--config", path, "--apply")
     assert code == 0, err
     assert f"replayed 4 dead letter(s) to {config.topic_for(table)}" in err
+    assert f"reconcile {name} --repair" in err  # the sink has no version guard
     assert "4 dead letter(s)" in out and "TRANSFORMATION" in out
     landed = wait_for(
         postgres_dsn,
