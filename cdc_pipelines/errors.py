@@ -14,8 +14,11 @@ _URL_USERINFO = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^
 # user:password@host without a scheme (libpq repeats such a malformed DSN whole).
 _BARE_USERINFO = re.compile(r"(?P<keep>(?:^|(?<=[\s'\"(=]))[^\s:/@'\"()=]+:)[^\s'\"/]*(?=@[\w\[])")
 # password=… in a conninfo string, a URL query or a JDBC URL (quoted libpq values included).
+# Also PGPASSWORD=…, password: … and "password": "…" (an environment dump, YAML, JSON).
 _PASSWORD_PARAM = re.compile(
-    r"(?P<keep>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|[^\s&;'\"]+)", re.IGNORECASE
+    r"(?P<keep>\b(?:pg)?password[\"']?\s*[=:]\s*)"
+    r"(?:'(?:[^'\\]|\\.)*'?|\"(?:[^\"\\]|\\.)*\"?|[^\s&;,'\"}]+)",
+    re.IGNORECASE,
 )
 MIN_LITERAL_SECRET = 4
 

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import hvac
 import requests
@@ -127,7 +127,15 @@ def dsn_with_login(dsn: str, user: str, password: str) -> str:
         parts = urlsplit(dsn)
         host = parts.netloc.rpartition("@")[2]
         login = f"{quote(user, safe='')}:{quote(password, safe='')}"
-        return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+        # libpq lets ?user= and ?password= override the user info: drop them.
+        query = urlencode(
+            [
+                (k, v)
+                for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if k not in ("user", "password")
+            ]
+        )
+        return urlunsplit(parts._replace(netloc=f"{login}@{host}", query=query))
     return make_conninfo(dsn, user=user, password=password)
 
 

@@ -63,7 +63,10 @@ def _unescape(text: str) -> str:
             continue
         following = text[i + 1]
         if following == "u" and i + 6 <= len(text):
-            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            digits = text[i + 2 : i + 6]
+            if not all(c in "0123456789abcdefABCDEF" for c in digits):
+                raise ValueError(f"malformed \\uxxxx escape at character {i}")
+            out.append(chr(int(digits, 16)))
             i += 6
             continue
         out.append(_ESCAPES.get(following, following))
@@ -92,6 +95,12 @@ def _from_file(secrets: SecretsConfig) -> str:
     path = Path(secrets.path)
     try:
         entries = read_properties(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # never the value: it is the secret
+        reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise ConfigError(
+            f"cannot read the mask salt from {path}: the file is malformed ({reason}); write "
+            "it as Java properties in UTF-8, as Kafka's FileConfigProvider reads it"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"cannot read the mask salt from {path} ({exc.strerror or exc}); reconciliation "

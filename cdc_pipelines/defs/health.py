@@ -25,7 +25,7 @@ from cdc_pipelines.defs.resources import (
     PostgresResource,
     ScyllaResource,
 )
-from cdc_pipelines.errors import CdcPipelinesError
+from cdc_pipelines.errors import CdcPipelinesError, redact_secrets
 from cdc_pipelines.kafka import lag
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget
 from cdc_pipelines.quality.counts import RowCount, source_row_count, target_row_count
@@ -297,7 +297,7 @@ def _source_rows(names: TableNames, scylla: ScyllaResource) -> RowCount:
         with scylla.session(names.table.scylla) as session:
             return source_row_count(session, names.spec)
     except Exception as exc:  # the driver raises many unrelated types; the count is optional
-        return RowCount(None, exact=False, method=f"{type(exc).__name__}: {exc}")
+        return RowCount(None, exact=False, method=redact_secrets(f"{type(exc).__name__}: {exc}"))
 
 
 def _target_rows(names: TableNames, postgres: PostgresResource) -> RowCount:
@@ -305,7 +305,7 @@ def _target_rows(names: TableNames, postgres: PostgresResource) -> RowCount:
         with postgres.connection() as conn:
             return target_row_count(conn, names.spec.target_schema, names.spec.target_table)
     except Exception as exc:  # psycopg errors, pool timeouts, a missing table
-        return RowCount(None, exact=False, method=f"{type(exc).__name__}: {exc}")
+        return RowCount(None, exact=False, method=redact_secrets(f"{type(exc).__name__}: {exc}"))
 
 
 def latest_verdicts(instance: dg.DagsterInstance, names: TableNames) -> SliceVerdicts:

@@ -529,8 +529,11 @@ class Connect(Service):
     def prepare(self) -> None:
         self.secrets_dir.mkdir(parents=True, exist_ok=True)
         secrets = self.secrets_dir / "postgres.properties"
-        secrets.write_text(configs.connect_secrets_properties())
-        secrets.chmod(0o600)
+        # Created owner-only: never readable by others, not even between write and chmod.
+        descriptor = os.open(secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(configs.connect_secrets_properties())
+        secrets.chmod(0o600)  # a file left by an earlier version keeps its old mode otherwise
         (self.home / "worker.properties").write_text(
             configs.connect_worker_properties(
                 self.layout.plugin_path,

@@ -123,6 +123,24 @@ def test_an_empty_or_unresolved_salt_is_refused(tmp_path: Path, line: str, reaso
 
 
 @pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"mask.salt=s3cr3t\\uZZZZ\n", "malformed"),
+        (b"mask.salt=s3cr3t\xff\xfe\n", "not UTF-8"),
+    ],
+    ids=["bad-unicode-escape", "not-utf8"],
+)
+def test_a_malformed_secrets_file_is_a_configuration_error_without_its_values(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    secrets = tmp_path / "postgres.properties"
+    secrets.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason) as raised:
+        read_mask_salt(SecretsConfig(path=str(secrets)))
+    assert "s3cr3t" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
     ("column", "mode", "reason"),
     [
         ("blob", "redact", "cannot mask"),

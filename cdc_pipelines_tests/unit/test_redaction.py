@@ -74,6 +74,9 @@ def test_plain_values_are_shown_as_they_are() -> None:
         f"invalid connection option in host=db password={PASSWORD} x",
         f"host=db password='{PASSWORD} with blanks' dbname=cdc",
         f"postgresql://cdc:{PASSWORD}@@host/cdc",
+        f"environment: PGPASSWORD={PASSWORD} PGUSER=cdc",
+        f"password: {PASSWORD}",
+        f'{{"user": "cdc", "password": "{PASSWORD}"}}',
     ],
 )
 def test_every_error_redacts_connection_string_passwords(text: str) -> None:

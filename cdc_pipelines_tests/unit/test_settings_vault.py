@@ -16,6 +16,8 @@ from cdc_pipelines.settings import ConnectionSettings, dsn_with_login, required_
         "postgresql://cdc@127.0.0.1:5432/cdc",
         "postgresql://old:old-pw@127.0.0.1:5432/cdc?sslmode=disable",
         "host=127.0.0.1 port=5432 dbname=cdc user=old password=old-pw",
+        # libpq lets query parameters override the user info: they go too.
+        "postgresql://127.0.0.1:5432/cdc?user=old&password=old-pw&sslmode=disable",
     ],
 )
 def test_the_vault_login_replaces_the_dsns(dsn: str) -> None:
