@@ -34,9 +34,16 @@ public class Drive {
         String[] salt = args[i + 1].startsWith("secret:")
             ? new String[] {"salt.secret", args[i + 1].substring(7)}
             : new String[] {"salt", args[i + 1]};
-        transform.configure(Map.of("fields", args[i], salt[0], salt[1]));
-        SinkRecord record = new SinkRecord("ks.t", 0, null, null, schema, row, 0);
-        System.out.println("hashed " + ((Struct) transform.apply(record).value()).get("email"));
+        // "map:<fields>": the record's value is schemaless (a Map), as without schemas.enable.
+        boolean schemaless = args[i].startsWith("map:");
+        String fields = schemaless ? args[i].substring(4) : args[i];
+        transform.configure(Map.of("fields", fields, salt[0], salt[1]));
+        SinkRecord record = schemaless
+            ? new SinkRecord("ks.t", 0, null, null, null, Map.of("id", 1, "email", "a@b.c"), 0)
+            : new SinkRecord("ks.t", 0, null, null, schema, row, 0);
+        Object value = transform.apply(record).value();
+        Object email = value instanceof Struct s ? s.get("email") : ((Map<?, ?>) value).get("email");
+        System.out.println("hashed " + email);
       } catch (RuntimeException e) {
         System.out.println("refused " + e.getMessage());
       }
@@ -73,7 +80,7 @@ def run_transform(tmp_path: Path, *cases: tuple[str, str]) -> list[str]:
 def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(
     tmp_path: Path,
 ) -> None:
-    hashed, by_secret_key, missing, empty, blank, unresolved = run_transform(
+    hashed, by_secret_key, missing, empty, blank, unresolved, schemaless = run_transform(
         tmp_path,
         ("email", "pepper"),
         ("email", "secret:pepper"),
@@ -81,6 +88,7 @@ def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(
         ("email", ""),
         ("email", "  "),
         ("email", "${file:/etc/kafka-connect/secrets/postgres.properties:mask.salt}"),
+        ("map:email", "pepper"),
     )
     assert hashed == "hashed " + hashlib.sha256(b"pepper" + b"a@b.c").hexdigest()
     assert by_secret_key == hashed
@@ -90,3 +98,6 @@ def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(
     assert blank.startswith("refused") and "salt is empty" in blank
     assert unresolved.startswith("refused") and "unresolved ${...} reference" in unresolved
     assert "postgres.properties" not in unresolved
+    # A schemaless value would have passed with the email in clear: refused instead.
+    assert schemaless.startswith("refused HashFields: the record of ks.t has no schema")
+    assert "a@b.c" not in schemaless

@@ -78,8 +78,15 @@ public class HashFields<R extends ConnectRecord<R>> implements Transformation<R>
 
   @Override
   public R apply(R record) {
+    if (record.value() == null) {
+      return record; // a tombstone: nothing to hash
+    }
     if (!(record.value() instanceof Struct row)) {
-      return record;
+      // A schemaless value (a Map from a converter without schemas) would pass unhashed.
+      throw new DataException(
+          "HashFields: the record of " + record.topic() + " has no schema ("
+              + record.value().getClass().getSimpleName() + "), so columns " + fields
+              + " cannot be hashed; use a converter with schemas (schemas.enable=true)");
     }
     List<String> missing =
         fields.stream().filter(name -> row.schema().field(name) == null).toList();
