@@ -10,7 +10,10 @@ import re
 
 REDACTED = "***"
 # scheme://user:password@host — the password runs to the last '@' before a blank or quote.
-_URL_USERINFO = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)[^\s'\"]*(?=@)")
+# A host's port and path (``host:9091/metrics/…@base64/…``) are not a password.
+_URL_USERINFO = re.compile(
+    r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*:)(?!\d+(?:/|$))[^\s'\"]*(?=@)"
+)
 # user:password@host without a scheme (libpq repeats such a malformed DSN whole).
 _BARE_USERINFO = re.compile(r"(?P<keep>(?:^|(?<=[\s'\"(=]))[^\s:/@'\"()=]+:)[^\s'\"/]*(?=@[\w\[])")
 # password=… in a conninfo string, a URL query or a JDBC URL (quoted libpq values included).

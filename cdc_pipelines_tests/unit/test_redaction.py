@@ -59,6 +59,14 @@ def test_user_info_and_password_parameters_are_masked_in_any_value(value: str) -
     assert PASSWORD not in change.describe()
 
 
+def test_a_url_with_a_port_and_an_at_sign_in_its_path_is_not_a_password() -> None:
+    url = "http://127.0.0.1:9091/metrics/job/cdc_dead_letter_queue/table@base64/="
+    assert redact_secrets(f"the Pushgateway at {url} refused the metrics") == (
+        f"the Pushgateway at {url} refused the metrics"
+    )
+    assert "pa/ss" not in redact_secrets("postgresql://cdc:pa/ss@db/cdc")
+
+
 def test_plain_values_are_shown_as_they_are() -> None:
     assert shown_config_value("connection.url", "jdbc:postgresql://db:5432/cdc") == (
         "jdbc:postgresql://db:5432/cdc"
