@@ -44,7 +44,7 @@ from cdc_pipelines.reconcile.verify_step import (
     slice_rows,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import slice_by_id
+from cdc_pipelines.ring.slices import TokenRange, slice_by_id
 from cdc_pipelines.rows.keys import Key
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -160,16 +160,21 @@ class PlannedChunk:
 
     plan: RepairPlan
     written: tuple[tuple[Key, int], ...]
+    span: TokenRange | None = None  # the tokens of every key it writes, when known
 
 
 def plan_chunk(
-    table: ReplicatedTable, verification: VerificationResult, run_id: str
+    table: ReplicatedTable,
+    verification: VerificationResult,
+    run_id: str,
+    span: TokenRange | None = None,
 ) -> PlannedChunk:
-    """Plan one chunk's repair (every value checked and converted here, before any write)."""
+    """Plan one chunk's repair (every value checked and converted here, before any write);
+    ``span``: the token span the chunk's keys lie in, when it was verified by a scan."""
     written = tuple(
         (c.key, c.source.version) for c in verification.confirmed if c.source is not None
     )
-    return PlannedChunk(plan_verified_repair(table, verification, run_id), written)
+    return PlannedChunk(plan_verified_repair(table, verification, run_id), written, span)
 
 
 def apply_planned(

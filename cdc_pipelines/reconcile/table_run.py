@@ -29,6 +29,7 @@ from cdc_pipelines.reconcile.repair_step import (
     PlannedChunk,
     Repairer,
     RepairSettings,
+    apply_planned,
     plan_chunk,
     plan_verified_repair,
     take_back,
@@ -47,6 +48,7 @@ from cdc_pipelines.reconcile.verify_step import (
     NOTHING_VERIFIED,
     CandidateVerifier,
     CatchUpWait,
+    Presence,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id, slice_ids
@@ -236,7 +238,7 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
         for number, verification in enumerate(chunks):
             tally += Tally.of(verification)
             confirmed.write(verification)
-            chunk = plan_chunk(table, verification, run_id)
+            chunk = plan_chunk(table, verification, run_id, verifier.span)
             if chunk.plan.is_empty:
                 continue
             if script is not None:
@@ -313,32 +315,47 @@ def _verify_and_act(
             for planned in slices:
                 token_slice = slice_by_id(planned.slice_id, table.slices)
                 presence = verifier.source_presence(token_slice, rows_by_slice[planned.slice_id])
-                # The slice's written keys are checked at the source once, after all its
-                # chunks committed: one scan of the slice instead of one per chunk.
-                written: list[tuple[Key, int]] = []
-                try:
-                    for path in planned.plans:
-                        chunk: PlannedChunk = pickle.loads(path.read_bytes())
-                        if not chunk.plan.is_empty:
-                            # Before the apply: its batches commit one by one, and a key a
-                            # failing chunk already wrote must be checked too.
-                            written.extend(chunk.written)
-                            repairer.apply(chunk.plan)
-                        path.unlink()
-                except BaseException:
-                    # What did commit is still checked, if the services let us.
-                    with contextlib.suppress(CdcPipelinesError):
-                        undone = take_back(table, written, repairer, presence)
-                        report.undone_after_source_delete += undone
-                    raise
-                undone = take_back(table, written, repairer, presence)
-                report.undone_after_source_delete += undone
+                report.undone_after_source_delete += _apply_slice(
+                    table, planned, repairer, verifier, presence
+                )
         finally:
             settled = report.add_repair(repairer.totals())
             # A rerun re-verifies and plans anew: the checked plans are of no further use.
             shutil.rmtree(spill, ignore_errors=True)
     # Rows taken back after a source delete were counted as deleted, not settled twice.
     return settled - report.undone_after_source_delete
+
+
+def _apply_slice(
+    table: ReplicatedTable,
+    planned: SlicePlanned,
+    repairer: Repairer,
+    verifier: CandidateVerifier,
+    presence: Presence,
+) -> int:
+    """Apply a slice's checked plans in order; returns the rows taken back after a source
+    delete. A chunk verified by a scan is checked at the source right after it commits, by
+    one scan of its token span; the other chunks' keys once for the slice, after all of them
+    (and after a failing chunk, what did commit)."""
+    undone = 0
+    pending: list[tuple[Key, int]] = []
+    try:
+        for path in planned.plans:
+            chunk: PlannedChunk = pickle.loads(path.read_bytes())
+            if chunk.span is not None:
+                done = apply_planned(table, chunk, repairer, verifier.presence_in(chunk.span))
+                undone += done.undone if done else 0
+            elif not chunk.plan.is_empty:
+                # Before the apply: its batches commit one by one, and a key a failing chunk
+                # already wrote must be checked too.
+                pending.extend(chunk.written)
+                repairer.apply(chunk.plan)
+            path.unlink()
+    except BaseException:
+        with contextlib.suppress(CdcPipelinesError):
+            take_back(table, pending, repairer, presence)
+        raise
+    return undone + take_back(table, pending, repairer, presence)
 
 
 def _run_slice_jobs(jobs: list[SliceJob], workers: int) -> list[SlicePlanned]:

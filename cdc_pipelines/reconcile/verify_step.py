@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 
@@ -30,14 +31,16 @@ from cdc_pipelines.reconcile.diff_step import KIND_COLUMN
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
 from cdc_pipelines.reconcile.verify import (
+    VERIFY_CHUNK,
     Candidate,
     CandidateKind,
     VerificationResult,
     verify_in_chunks,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import TokenSlice, slice_by_id
-from cdc_pipelines.rows.keys import Key, driver_keys
+from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice, slice_by_id
+from cdc_pipelines.ring.tokens import table_tokens
+from cdc_pipelines.rows.keys import Key, driver_keys, key_identity
 from cdc_pipelines.scylla.key_reads import (
     SourceRange,
     SourceRow,
@@ -58,6 +61,27 @@ RESCAN_RANGES = 16  # sub-ranges of the slice scanned concurrently
 DEFAULT_VERIFY_TIMEOUT_S = 120.0
 NOTHING_VERIFIED = VerificationResult((), (), ())
 Presence = Callable[[Sequence[Key]], list[bool]]
+
+
+def _keyed(
+    candidates: pa.Table, table: ReplicatedTable, tokens: Sequence[int] | None = None
+) -> tuple[list[Candidate], list[int]]:
+    """The candidates as driver keys with their kinds, each key once, in the table's order,
+    and the ``tokens`` (one per row of ``candidates``) of those kept."""
+    kinds = candidates.column(KIND_COLUMN).to_pylist()
+    keys = driver_keys(candidates, table.canonical)
+    seen: set[object] = set()
+    kept: list[Candidate] = []
+    kept_tokens: list[int] = []
+    for position, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
+        identity = key_identity(key)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        kept.append(Candidate(key, CandidateKind(kind)))
+        if tokens is not None:
+            kept_tokens.append(int(tokens[position]))
+    return kept, kept_tokens
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,7 @@ class CandidateVerifier:
         self._stack = ExitStack()
         self._session: Any = None
         self._conn: psycopg.Connection[Any] | None = None
+        self.span: TokenRange | None = None  # the token span of the chunk being verified
 
     def __enter__(self) -> CandidateVerifier:
         return self
@@ -164,30 +189,43 @@ class CandidateVerifier:
         """Verdicts on one slice's candidates, a chunk of keys at a time.
 
         When the candidates are at least :data:`RESCAN_SHARE` of the slice's ``slice_rows``
-        and its keys can be matched exactly, the source side is read by one scan of
-        ``token_slice`` instead of key by key; the versions the scan returns decide, as a
-        key re-read's would.
+        and its keys can be matched exactly, the candidates are taken in token order and the
+        source side of each chunk is read by one scan of the tokens the chunk spans, instead
+        of key by key: the chunks' scans add up to one scan of the slice, and memory follows
+        the chunk. The versions the scan returns decide, as a key re-read's would. Each
+        chunk's span is in :attr:`span` while its verdicts are used.
         """
         table = self.table
-        kinds = candidates.column(KIND_COLUMN).to_pylist()
-        keyed = [
-            Candidate(key, CandidateKind(kind))
-            for key, kind in zip(driver_keys(candidates, table.canonical), kinds, strict=True)
-        ]
-        if not keyed:
+        self.span = None
+        if not candidates.num_rows:
             return
         self.wait_for_sink()
-        read_source = self.read_source
-        if (
+        rescan = (
             token_slice is not None
-            and len(keyed) >= RESCAN_SHARE * slice_rows
+            and candidates.num_rows >= RESCAN_SHARE * slice_rows
             and range_matchable(table.spec)
-        ):
-            read_source = SourceRange(
-                self._cql(), table, token_slice.sub_ranges(RESCAN_RANGES)
-            ).read
+        )
+        if not rescan:
+            yield from self._verify(_keyed(candidates, table)[0], self.read_source)
+            return
+        tokens = table_tokens(candidates, table.canonical).to_numpy()
+        order = np.argsort(tokens, kind="stable")
+        keyed, keyed_tokens = _keyed(candidates.take(pa.array(order)), table, tokens[order])
+        for start in range(0, len(keyed), VERIFY_CHUNK):
+            chunk_tokens = keyed_tokens[start : start + VERIFY_CHUNK]
+            low, high = chunk_tokens[0], chunk_tokens[-1]
+            # (low - 1, high] holds every token of the chunk (MIN_TOKEN is no key's token).
+            span = TokenRange(max(MIN_TOKEN, low - 1), high)
+            scanned = SourceRange(self._cql(), table, span.split(RESCAN_RANGES))
+            self.span = span
+            yield from self._verify(keyed[start : start + VERIFY_CHUNK], scanned.read)
+        self.span = None
+
+    def _verify(
+        self, keyed: list[Candidate], read_source: Callable[[Sequence[Key]], list[SourceRow | None]]
+    ) -> Iterator[VerificationResult]:
         yield from verify_in_chunks(
-            table,
+            self.table,
             keyed,
             cutoff_us=self.scan.cutoff_us,
             read_source=read_source,
@@ -227,6 +265,24 @@ class CandidateVerifier:
             return [next(again) if m is None else m in present for m in matched]
 
         return by_scan if range_matchable(table.spec) else by_key
+
+    def presence_in(self, span: TokenRange) -> Presence:
+        """Tells which keys (all within ``span``) the source still has, by one scan of the
+        span's key columns at the delete consistency; keys a scan cannot match, by key."""
+        table = self.table
+        level = table.scylla.delete_consistency
+
+        def by_span(keys: Sequence[Key]) -> list[bool]:
+            present = existing_keys(
+                self._cql(), table, span.split(RESCAN_RANGES), consistency=level
+            )
+            matched = [matched_key(table.spec, k) for k in keys]
+            unmatched = [k for k, m in zip(keys, matched, strict=True) if m is None]
+            rows = read_source_rows(self._cql(), table, unmatched, consistency=level)
+            again = iter(row is not None for row in rows)
+            return [next(again) if m is None else m in present for m in matched]
+
+        return by_span
 
     def wait_for_sink(self) -> CatchUp:
         """Wait (once) until the sink has caught up with the scan, or say why it cannot tell."""

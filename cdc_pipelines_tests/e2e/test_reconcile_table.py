@@ -8,6 +8,7 @@ empty; after injected drift it must report exactly that drift.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from psycopg import sql
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.postgres.audit import AuditTables
+from cdc_pipelines.reconcile import verify_step
 from cdc_pipelines.reconcile.table_run import ReconcileOptions, run_reconciliation
 from cdc_pipelines.replicated_table import resolve_spec
 from cdc_pipelines.scylla.emulated_source import now_us
@@ -224,3 +226,39 @@ def test_a_row_repair_cannot_write_stops_the_run_before_any_slice_is_repaired(
             sql.SQL("SELECT count(*) FROM {}.all_types WHERE id < 12").format(schema)
         ).fetchone()
     assert left == (0,)  # the 12 missing rows, spread over the slices, were not written
+
+
+def test_heavy_drift_is_verified_in_token_ordered_chunks_each_scanned_once(
+    replicated, settings, tmp_path, postgres_dsn, monkeypatch
+):
+    """Most of each slice differs, so verification re-reads by scanning: in chunks of 7 keys
+    taken in token order, each chunk scanning only the tokens it spans. The verdicts and the
+    repair are those of any other re-read, and the chunks' spans never overlap."""
+    config, table, _source, _rows = replicated
+    spans: list[tuple[int, int]] = []
+    original = verify_step.SourceRange
+
+    def recording(session, replicated_table, ranges, **kwargs):
+        spans.append((ranges[0].start, ranges[-1].end))
+        return original(session, replicated_table, ranges, **kwargs)
+
+    monkeypatch.setattr(verify_step, "VERIFY_CHUNK", 7)
+    monkeypatch.setattr(verify_step, "SourceRange", recording)
+    drift_target(
+        postgres_dsn,
+        table,
+        "DELETE FROM {}.all_types WHERE id % 3 = 0",  # 100 missing
+        "UPDATE {}.all_types SET c_text = 'drifted' WHERE id % 3 = 1",  # 100 mismatched
+    )
+    repaired = run_reconciliation(
+        resolve_spec(config, table), settings, options(tmp_path, repair=True)
+    )
+    assert (repaired.missing, repaired.extra, repaired.mismatched) == (100, 0, 100)
+    assert repaired.repaired == {"upserted": 200, "deleted": 0}
+    assert repaired.remaining == 0
+    assert len(spans) >= 200 // 7  # chunk by chunk, not one scan per slice
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), ordered
+
+    again = run_reconciliation(resolve_spec(config, table), settings, options(tmp_path))
+    assert (again.missing, again.extra, again.mismatched, again.remaining) == (0, 0, 0, 0)
