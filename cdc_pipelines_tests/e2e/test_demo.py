@@ -10,12 +10,21 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 
 from cdc_pipelines.config import load_config
 from cdc_pipelines.defs.names import table_names
 from cdc_pipelines.defs.replication_checks import CHECK_DISCREPANCY_RATE, REPLICATION_CHECKS
 
 REPO = Path(__file__).resolve().parents[2]
+CHECK_EXECUTIONS = """
+query Latest($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 1) {
+    status
+    evaluation { success }
+  }
+}
+"""
 
 
 def test_the_demo_streams_drifts_reconciles_repairs_and_leaves_the_ui_telling_it(
@@ -58,3 +67,14 @@ def test_the_demo_streams_drifts_reconciles_repairs_and_leaves_the_ui_telling_it
     backfills = [b for b in instance.get_backfills(limit=20) if b.backfill_timestamp >= started]
     assert len(backfills) >= len(config.tables)
     assert all(b.status == BulkActionStatus.COMPLETED_SUCCESS for b in backfills)
+
+    # What the UI shows: over GraphQL, every declared table's checks have a passing result.
+    with define_out_of_process_context(str(REPO / "workspace.yaml"), None, instance) as context:
+        for names in table_names(config):
+            for check in REPLICATION_CHECKS:
+                variables = {"key": {"path": list(names.postgres_key.path)}, "check": check}
+                answer = execute_dagster_graphql(context, CHECK_EXECUTIONS, variables)
+                assert not answer.errors, answer.errors
+                (latest,) = answer.data["assetCheckExecutions"]
+                assert latest["status"] == "SUCCEEDED", (names.source, check, latest)
+                assert latest["evaluation"]["success"] is True
