@@ -639,14 +639,19 @@ class Pushgateway(Service):
         )
 
     def probe(self) -> Health:
-        url = f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}/-/ready"
-        try:
-            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
-        except requests.RequestException as exc:
-            return Health(self.name, False, request_failure(url, exc))
-        if response.status_code != 200:
-            return Health(self.name, False, f"GET {url} answered {response.status_code}")
-        return Health(self.name, True, f"ready on {LOOPBACK}:{PUSHGATEWAY_PORT}")
+        return ready_probe(self.name, f"http://{LOOPBACK}:{PUSHGATEWAY_PORT}")
+
+
+def ready_probe(name: str, base_url: str) -> Health:
+    """Healthy when ``GET <base_url>/-/ready`` answers 200 (Prometheus and its Pushgateway)."""
+    url = f"{base_url}/-/ready"
+    try:
+        response = requests.get(url, timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as exc:
+        return Health(name, False, request_failure(url, exc))
+    if response.status_code != 200:
+        return Health(name, False, f"GET {url} answered {response.status_code}")
+    return Health(name, True, f"ready on {base_url.removeprefix('http://')}")
 
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "docker" / "prometheus" / "rules"
@@ -688,14 +693,7 @@ class Prometheus(Service):
         )
 
     def probe(self) -> Health:
-        url = f"{self.url}/-/ready"
-        try:
-            response = requests.get(url, timeout=PROBE_TIMEOUT_S)
-        except requests.RequestException as exc:
-            return Health(self.name, False, request_failure(url, exc))
-        if response.status_code != 200:
-            return Health(self.name, False, f"GET {url} answered {response.status_code}")
-        return Health(self.name, True, f"ready on {LOOPBACK}:{PROMETHEUS_PORT}")
+        return ready_probe(self.name, self.url)
 
     def after_ready(self) -> None:
         if self.pid() is None:

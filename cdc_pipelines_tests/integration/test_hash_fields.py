@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
-from cdc_pipelines.devstack.layout import StackLayout
-
-SOURCE = (
-    Path(__file__).resolve().parents[2]
-    / "cdc_pipelines/connect/smt/src/main/java/io/cdcpipelines/connect/HashFields.java"
-)
+from cdc_pipelines_tests.integration.connect_plugin import run_driver
 
 DRIVER = """
 import io.cdcpipelines.connect.HashFields;
@@ -55,26 +48,8 @@ public class Drive {
 
 def run_transform(tmp_path: Path, *cases: tuple[str, str]) -> list[str]:
     """One output line per (fields, salt): ``hashed <email>`` or ``refused <message>``."""
-    javac = shutil.which("javac")
-    assert javac, "javac is needed (the devstack builds the transforms with it)"
-    jars = StackLayout.from_env().jars / "connect"
-    assert (jars / "connect-api-4.3.1.jar").exists(), f"no Connect jars in {jars}; run stack up"
-    (tmp_path / "Drive.java").write_text(DRIVER)
-    classes = tmp_path / "classes"
-    classpath = f"{jars}/*"
-    subprocess.run(
-        [javac, "-d", str(classes), "-cp", classpath, str(SOURCE), str(tmp_path / "Drive.java")],
-        check=True,
-        capture_output=True,
-    )
     arguments = [value for case in cases for value in case]
-    out = subprocess.run(
-        ["java", "-cp", f"{classes}:{classpath}", "Drive", *arguments],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.splitlines()
+    return run_driver(tmp_path, "HashFields.java", DRIVER, *arguments)
 
 
 def test_hash_fields_hashes_and_refuses_missing_columns_and_unusable_salts(

@@ -4,8 +4,6 @@ compiled and run against the devstack's Connect jars and its OpenBao."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +11,8 @@ from pathlib import Path
 import hvac
 import pytest
 
-from cdc_pipelines.devstack.layout import OPENBAO_KV_MOUNT, StackLayout
-
-SOURCE = (
-    Path(__file__).resolve().parents[2]
-    / "cdc_pipelines/connect/smt/src/main/java/io/cdcpipelines/connect/VaultConfigProvider.java"
-)
+from cdc_pipelines.devstack.layout import OPENBAO_KV_MOUNT
+from cdc_pipelines_tests.integration.connect_plugin import run_driver
 
 # args: address, token file, then (path, comma-separated keys) pairs, one line for each;
 # the pair ("@token", text) writes text to the token file instead (read at every lookup).
@@ -72,29 +66,13 @@ def test_secret(vault: hvac.Client, unique_name: str) -> Iterator[tuple[str, dic
 
 
 def run_provider(tmp_path: Path, token: str, *lookups: tuple[str, str]) -> list[str]:
-    javac = shutil.which("javac")
-    assert javac, "javac is needed (the devstack builds the Connect plugin with it)"
-    jars = StackLayout.from_env().jars / "connect"
-    assert (jars / "connect-api-4.3.1.jar").exists(), f"no Connect jars in {jars}; run stack up"
-    (tmp_path / "Drive.java").write_text(DRIVER)
-    classes = tmp_path / "classes"
-    classpath = f"{jars}/*"
-    subprocess.run(
-        [javac, "-d", str(classes), "-cp", classpath, str(SOURCE), str(tmp_path / "Drive.java")],
-        check=True,
-        capture_output=True,
-    )
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     arguments = [value for lookup in lookups for value in lookup]
     address = os.environ["VAULT_ADDR"]
-    result = subprocess.run(
-        ["java", "-cp", f"{classes}:{classpath}", "Drive", address, str(token_file), *arguments],
-        check=True,
-        capture_output=True,
-        text=True,
+    return run_driver(
+        tmp_path, "VaultConfigProvider.java", DRIVER, address, str(token_file), *arguments
     )
-    return result.stdout.splitlines()
 
 
 def test_the_provider_reads_kv2_secrets_and_refuses_without_naming_values(
