@@ -10,11 +10,8 @@ one successful run per token slice, whose checks show which slice disagrees.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +29,13 @@ from cdc_pipelines.config import load_config
 from cdc_pipelines.defs.names import table_names
 from cdc_pipelines_tests.conftest import DagsterStorage
 from cdc_pipelines_tests.e2e.conftest import ITEMS_MISSING_ID, items_partition_of
+from cdc_pipelines_tests.tooling.ui_screenshots import (
+    ScreenshotError,
+    Webserver,
+    free_port,
+    stop,
+    wait_until_loaded,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -40,7 +44,6 @@ START_TIMEOUT_S = 180.0
 RUN_TIMEOUT_S = 300.0
 GRAPHQL_TIMEOUT_S = 30.0
 POLL_S = 1.0
-STOP_GRACE_S = 20.0
 CHROMIUM_TIMEOUT_S = 120
 JOB = "replication_checks"
 CODE_LOCATION = "cdc_pipelines"
@@ -65,12 +68,6 @@ class DagsterUi:
         return body["data"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
 def dagster_database(dagster_storage: DagsterStorage, unique_name: str) -> Iterator[str]:
     """A database of this test's own on the tests' Dagster server (its daemon runs sensors)."""
@@ -93,7 +90,7 @@ def dagster_ui(
     with (home / "dagster.yaml").open("a") as instance_yaml:
         # No "join the community" dialog over the page the screenshot is taken of.
         instance_yaml.write("\nnux:\n  enabled: false\n")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "dagster-dev.log"
     env = {
         **os.environ,
@@ -124,68 +121,13 @@ def dagster_ui(
         )
     ui = DagsterUi(f"http://127.0.0.1:{port}", log)
     try:
-        _wait_until_loaded(ui, process)
+        try:
+            wait_until_loaded(Webserver(ui.url, ui.log), process)
+        except ScreenshotError as exc:  # the tooling's word for "the UI did not come up"
+            pytest.fail(str(exc))
         yield ui
     finally:
-        _stop(process)
-
-
-def _wait_until_loaded(ui: DagsterUi, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"dagster dev exited with {process.returncode}:\n{ui.log.read_text()[-4000:]}"
-            )
-        try:
-            data = ui.graphql(
-                "{ workspaceOrError { ... on Workspace { locationEntries { name "
-                "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
-            )
-        except (requests.RequestException, AssertionError) as exc:
-            problem = str(exc)
-        else:
-            entries = data["workspaceOrError"]["locationEntries"]
-            loaded = [
-                e
-                for e in entries
-                if e["locationOrLoadError"]
-                and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-            ]
-            errors = [
-                e
-                for e in entries
-                if e["locationOrLoadError"]
-                and e["locationOrLoadError"]["__typename"] == "PythonError"
-            ]
-            if errors:
-                pytest.fail(
-                    f"the code location failed to load: {errors[0]['locationOrLoadError']['message']}"
-                )
-            if loaded:
-                return
-            problem = f"locations: {entries}"
-        time.sleep(POLL_S)
-    pytest.fail(
-        f"dagster dev did not load the code location in {START_TIMEOUT_S:.0f}s ({problem}):\n{ui.log.read_text()[-4000:]}"
-    )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop ``dagster dev`` (it shuts its children down on SIGTERM), then kill what is left."""
-    if process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=STOP_GRACE_S)
-    # A code server may outlive the leader until its heartbeat times out: none may survive.
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        time.sleep(1)
-    process.wait(timeout=STOP_GRACE_S)
+        stop(process)
 
 
 ASSET_KEYS = "{ assetsOrError { ... on AssetConnection { nodes { key { path } } } } }"
