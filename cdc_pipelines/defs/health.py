@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -29,6 +29,7 @@ from cdc_pipelines.errors import CdcPipelinesError, redact_secrets
 from cdc_pipelines.kafka import lag
 from cdc_pipelines.kafka.lag_sampler import ConsumerTarget
 from cdc_pipelines.quality.counts import RowCount, source_row_count, target_row_count
+from cdc_pipelines.reconcile.report import Tally
 
 HEALTH_OBSERVER = "replication_health"
 """The ``observed_by`` value of the observations the health step records."""
@@ -40,6 +41,8 @@ OBSERVATIONS_SCANNED = 50
 """Recent observations searched for the lag sensor's latest (other observers write too)."""
 LAG_STATUS_FRESH_S = 120.0
 """A lag-sensor status at most this old is current: its window of samples shows the trend."""
+TALLIED = ("missing", "extra", "mismatched", "target_ahead", "in_flight")
+"""The verdicts a slice's materialization records, summed over the table."""
 SINK_MISSING = "MISSING"
 SINK_UNREACHABLE = "UNREACHABLE"
 
@@ -127,31 +130,17 @@ class SliceVerdicts:
 
     slice_count: int
     slices_reconciled: int = 0
-    missing: int = 0
-    extra: int = 0
-    mismatched: int = 0
-    target_ahead: int = 0
-    in_flight: int = 0
+    tally: Tally = field(default_factory=Tally)  # by kind, summed (``resolved`` not kept)
     rows_compared: int = 0
     last_reconciled_at: float | None = None
     disagreeing_slices: tuple[str, ...] = ()  # partition keys whose slice differs
     unsure_slices: tuple[str, ...] = ()  # … of those, the ones whose catch-up was unconfirmed
 
     @property
-    def discrepancies(self) -> int:
-        """Rows repair settles: missing, extra and mismatched."""
-        return self.missing + self.extra + self.mismatched
-
-    @property
-    def disagreeing(self) -> int:
-        """Every key that differed after the re-read, target-ahead rows included."""
-        return self.discrepancies + self.target_ahead
-
-    @property
     def rate(self) -> float:
         if self.rows_compared:
-            return self.disagreeing / self.rows_compared
-        return 1.0 if self.disagreeing else 0.0
+            return self.tally.disagreeing / self.rows_compared
+        return 1.0 if self.tally.disagreeing else 0.0
 
 
 @dataclass(frozen=True)
@@ -328,23 +317,20 @@ def latest_verdicts(instance: dg.DagsterInstance, names: TableNames) -> SliceVer
         materialization = record.asset_materialization
         if materialization is not None and materialization.partition is not None:
             latest[materialization.partition] = (record.timestamp, materialization.metadata)
-    totals = dict.fromkeys(("missing", "extra", "mismatched", "target_ahead", "in_flight"), 0)
+    total = Tally()
     rows = 0
     disagreeing: list[str] = []
     unsure: list[str] = []
     for partition, (_, metadata) in latest.items():
-        counts = {field: int(_value(metadata.get(field), 0)) for field in totals}
-        for field, count in counts.items():
-            totals[field] += count
+        tally = Tally(**{kind: int(_value(metadata.get(kind), 0)) for kind in TALLIED})
+        total += tally
         rows += max(
             int(_value(metadata.get("source_rows"), 0)), int(_value(metadata.get("target_rows"), 0))
         )
-        differing = counts["missing"] + counts["extra"] + counts["mismatched"]
-        differing += counts["target_ahead"]
         confirmed = bool(_value(metadata.get("catch_up_confirmed"), True))
-        if differing:
+        if tally.disagreeing:
             disagreeing.append(partition)
-        if not confirmed and differing + counts["in_flight"]:
+        if not confirmed and tally.disagreeing + tally.in_flight:
             unsure.append(partition)
     order = {p: i for i, p in enumerate(names.slices)}
     return SliceVerdicts(
@@ -354,7 +340,7 @@ def latest_verdicts(instance: dg.DagsterInstance, names: TableNames) -> SliceVer
         last_reconciled_at=max((t for t, _ in latest.values()), default=None),
         disagreeing_slices=tuple(sorted(disagreeing, key=order.__getitem__)),
         unsure_slices=tuple(sorted(unsure, key=order.__getitem__)),
-        **totals,
+        tally=total,
     )
 
 
@@ -405,12 +391,8 @@ def observations(names: TableNames, health: TableHealth) -> HealthObservations:
     if verdicts.slices_reconciled:
         target.update(
             {
-                "missing": dg.MetadataValue.int(verdicts.missing),
-                "extra": dg.MetadataValue.int(verdicts.extra),
-                "mismatched": dg.MetadataValue.int(verdicts.mismatched),
-                "target_ahead": dg.MetadataValue.int(verdicts.target_ahead),
-                "in_flight": dg.MetadataValue.int(verdicts.in_flight),
-                "discrepancies": dg.MetadataValue.int(verdicts.discrepancies),
+                **{kind: dg.MetadataValue.int(getattr(verdicts.tally, kind)) for kind in TALLIED},
+                "discrepancies": dg.MetadataValue.int(verdicts.tally.confirmed),
                 "slices_reconciled": dg.MetadataValue.int(verdicts.slices_reconciled),
             }
         )

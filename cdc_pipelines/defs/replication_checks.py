@@ -202,6 +202,7 @@ def discrepancy_result(names: TableNames, health: TableHealth) -> dg.AssetCheckR
     table never reconciled. A repair counts once its slices are reconciled again.
     """
     key, verdicts = names.postgres_key, health.verdicts
+    tally = verdicts.tally
     if not verdicts.slices_reconciled:
         return dg.AssetCheckResult(
             check_name=CHECK_DISCREPANCY_RATE,
@@ -211,12 +212,12 @@ def discrepancy_result(names: TableNames, health: TableHealth) -> dg.AssetCheckR
             description=f"{names.source} was never reconciled",
         )
     metadata: dict[str, Any] = {
-        "discrepancies": verdicts.discrepancies,
-        "missing": verdicts.missing,
-        "extra": verdicts.extra,
-        "mismatched": verdicts.mismatched,
-        "target_ahead": verdicts.target_ahead,
-        "in_flight": verdicts.in_flight,
+        "discrepancies": tally.confirmed,
+        "missing": tally.missing,
+        "extra": tally.extra,
+        "mismatched": tally.mismatched,
+        "target_ahead": tally.target_ahead,
+        "in_flight": tally.in_flight,
         "rows_compared": verdicts.rows_compared,
         "rate": verdicts.rate,
         "slices_reconciled": f"{verdicts.slices_reconciled} of {verdicts.slice_count}",
@@ -224,7 +225,7 @@ def discrepancy_result(names: TableNames, health: TableHealth) -> dg.AssetCheckR
         "slices_unsure": dg.MetadataValue.json(list(verdicts.unsure_slices)),
     }
     over = f"over {verdicts.slices_reconciled} of {verdicts.slice_count} slices"
-    if verdicts.disagreeing == 0 and not verdicts.unsure_slices:
+    if tally.disagreeing == 0 and not verdicts.unsure_slices:
         return dg.AssetCheckResult(
             check_name=CHECK_DISCREPANCY_RATE,
             asset_key=key,
@@ -233,15 +234,15 @@ def discrepancy_result(names: TableNames, health: TableHealth) -> dg.AssetCheckR
             metadata=metadata,
         )
     description = (
-        f"{verdicts.disagreeing} rows differ in {verdicts.rows_compared} ({verdicts.rate:.4%}) "
-        f"{over}: {verdicts.missing} missing, {verdicts.extra} extra, {verdicts.mismatched} "
-        f"mismatched, {verdicts.target_ahead} ahead of the source"
+        f"{tally.disagreeing} rows differ in {verdicts.rows_compared} ({verdicts.rate:.4%}) "
+        f"{over}: {tally.missing} missing, {tally.extra} extra, {tally.mismatched} "
+        f"mismatched, {tally.target_ahead} ahead of the source"
     )
     sure = set(verdicts.disagreeing_slices) - set(verdicts.unsure_slices)
     if sure:
         todo = (
             "repair the slices listed"
-            if verdicts.discrepancies
+            if tally.confirmed
             else "the target is ahead of the source: a person must look"
         )
         return dg.AssetCheckResult(
