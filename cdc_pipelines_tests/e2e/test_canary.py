@@ -21,8 +21,7 @@ from cdc_pipelines.defs.build import build_definitions
 from cdc_pipelines.defs.canary import CANARY_CHECK, CANARY_JOB, CANARY_OBSERVER
 from cdc_pipelines.defs.names import table_names
 from cdc_pipelines.observability import metrics
-from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
-from cdc_pipelines.scylla.schema import create_source_tables
+from cdc_pipelines_tests.e2e.tables import both_sides
 
 PROBE_TIMEOUT_S = 15
 
@@ -50,23 +49,16 @@ def canary(cql_session, postgres_dsn, connect_url, kafka_bootstrap, unique_name,
     """The canary table on both sides with its sink connector running."""
     config = parse_config(declaration(unique_name), f"<canary {unique_name}>")
     (table,) = config.tables
-    create_source_tables(cql_session, config)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        apply_ddl(conn, plan_ddl(conn, table, config.defaults.version_column))
     client = ConnectClient(connect_url)
     sink = sink_connector_config(config, table)
-    client.apply([sink])
-    client.wait_for_state(sink.name, "RUNNING")
-    try:
-        yield config, client, sink.name
-    finally:
-        client.delete(sink.name)
-        metrics.delete_group(pushgateway_url, metrics.CANARY_JOB, {"table": table.source})
-        cql_session.execute(f'DROP KEYSPACE IF EXISTS "{unique_name}"')
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unique_name))
-            )
+    with both_sides(cql_session, postgres_dsn, config, table):
+        client.apply([sink])
+        try:
+            client.wait_for_state(sink.name, "RUNNING")
+            yield config, client, sink.name
+        finally:
+            client.delete(sink.name)
+            metrics.delete_group(pushgateway_url, metrics.CANARY_JOB, {"table": table.source})
 
 
 def pushed(pushgateway_url: str, source: str) -> dict[str, float]:

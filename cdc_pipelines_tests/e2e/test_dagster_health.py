@@ -23,10 +23,9 @@ from cdc_pipelines.defs.build import build_definitions
 from cdc_pipelines.defs.health import HEALTH_OBSERVER
 from cdc_pipelines.defs.jobs import REPLICATION_CHECKS_JOB
 from cdc_pipelines.defs.names import TableNames, table_names
-from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
 from cdc_pipelines.scylla.emulated_source import EmulatedCdcSource, now_us
-from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines_tests.declarations import all_types_declaration
+from cdc_pipelines_tests.e2e.tables import both_sides
 from cdc_pipelines_tests.e2e.test_streaming_path import row
 
 ROWS = 40
@@ -71,23 +70,18 @@ def streaming(cql_session, postgres_dsn, connect_url, kafka_bootstrap, unique_na
     """The every-type table with its sink connector running, ``ROWS`` rows applied."""
     config = all_types_declaration(unique_name, slices=4)
     table = config.tables[0]
-    create_source_tables(cql_session, config)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        apply_ddl(conn, plan_ddl(conn, table, config.defaults.version_column))
     client = ConnectClient(connect_url)
     sink = sink_connector_config(config, table)
-    client.apply([sink])
-    source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
-    source.upsert([row(i) for i in range(ROWS)], now_us())
-    source.flush()
-    _wait_for_rows(postgres_dsn, unique_name, ROWS)
-    yield config, source, client, sink.name
-    client.delete(sink.name)
-    cql_session.execute(f'DROP KEYSPACE IF EXISTS "{unique_name}"')
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unique_name))
-        )
+    with both_sides(cql_session, postgres_dsn, config, table):
+        client.apply([sink])
+        try:
+            source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
+            source.upsert([row(i) for i in range(ROWS)], now_us())
+            source.flush()
+            _wait_for_rows(postgres_dsn, unique_name, ROWS)
+            yield config, source, client, sink.name
+        finally:
+            client.delete(sink.name)
 
 
 def observe(

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from cdc_pipelines.cli import main
 from cdc_pipelines.config import load_config
@@ -28,10 +26,9 @@ from cdc_pipelines.connect.configs import (
 )
 from cdc_pipelines.kafka.dlq import DlqReader
 from cdc_pipelines.kafka.lag_sampler import admin_client
-from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
 from cdc_pipelines.scylla.emulated_source import EmulatedCdcSource, now_us
-from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines_tests.declarations import all_types_yaml
+from cdc_pipelines_tests.e2e.tables import both_sides
 from cdc_pipelines_tests.e2e.test_streaming_path import pg_rows, row, wait_for
 
 DLQ_TIMEOUT_S = 90
@@ -47,19 +44,14 @@ def table_with_a_sink(
     path.write_text(all_types_yaml(unique_name))
     config = load_config(str(path))
     table = config.tables[0]
-    create_source_tables(cql_session, config)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        apply_ddl(conn, plan_ddl(conn, table, config.defaults.version_column))
     client = ConnectClient(connect_url)
     sink = sink_connector_config(config, table)
-    source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
-    yield str(path), config, table, client, sink, source
-    client.delete(sink.name)
-    cql_session.execute(f'DROP KEYSPACE IF EXISTS "{unique_name}"')
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unique_name))
-        )
+    with both_sides(cql_session, postgres_dsn, config, table):
+        source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
+        try:
+            yield str(path), config, table, client, sink, source
+        finally:
+            client.delete(sink.name)
 
 
 def hashing_a_missing_column(sink: ConnectorConfig, secrets) -> ConnectorConfig:

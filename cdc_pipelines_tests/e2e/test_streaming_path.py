@@ -23,10 +23,9 @@ from psycopg import sql
 
 from cdc_pipelines.connect.client import ConnectClient
 from cdc_pipelines.connect.configs import sink_connector_config
-from cdc_pipelines.postgres.ddl import apply_ddl, plan_ddl
 from cdc_pipelines.scylla.emulated_source import EmulatedCdcSource, now_us
-from cdc_pipelines.scylla.schema import create_source_tables
 from cdc_pipelines_tests.declarations import all_types_declaration
+from cdc_pipelines_tests.e2e.tables import both_sides
 
 APPLY_TIMEOUT_S = 120
 
@@ -105,19 +104,14 @@ def expected_pg(r: dict[str, object], version: int) -> dict[str, object]:
 def pipeline(cql_session, postgres_dsn, connect_url, kafka_bootstrap, unique_name):
     config = all_types_declaration(unique_name)
     table = config.tables[0]
-    create_source_tables(cql_session, config)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        apply_ddl(conn, plan_ddl(conn, table, config.defaults.version_column))
     client = ConnectClient(connect_url)
     sink = sink_connector_config(config, table)
-    source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
-    yield config, table, client, sink, source
-    client.delete(sink.name)
-    cql_session.execute(f'DROP KEYSPACE IF EXISTS "{unique_name}"')
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(unique_name))
-        )
+    with both_sides(cql_session, postgres_dsn, config, table):
+        source = EmulatedCdcSource(cql_session, kafka_bootstrap, config, table)
+        try:
+            yield config, table, client, sink, source
+        finally:
+            client.delete(sink.name)
 
 
 def pg_rows(dsn: str, schema: str) -> dict[int, dict[str, object]]:
