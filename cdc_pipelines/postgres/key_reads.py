@@ -19,7 +19,7 @@ from psycopg import sql
 from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.postgres.literals import register_copy_dumpers
-from cdc_pipelines.postgres.repair import ExtraRow, plan_repair
+from cdc_pipelines.postgres.repair import checked_keys
 from cdc_pipelines.postgres.target_index import numeric_text_columns, select_expression
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.rows.canonical import (
@@ -76,7 +76,7 @@ def read_target_rows(
     first: dict[object, int] = {}
     distinct = [first.setdefault(key_identity(k), i) == i for i, k in enumerate(keys)]
     unique_keys = [k for k, keep in zip(keys, distinct, strict=True) if keep]
-    checked = plan_repair(replicated, [], [ExtraRow(k, None) for k in unique_keys])
+    checked = checked_keys(replicated, unique_keys)
     schema = replicated.canonical
     position = _position_column(table)
     key_names = sql.SQL(", ").join(sql.Identifier(n) for n in table.primary_key)
@@ -124,7 +124,7 @@ def read_target_rows(
             register_copy_dumpers(cursor.adapters)
             with cursor.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(temp)) as copy:
                 copy.set_types(oids)
-                for number, row in enumerate(checked.deletes):
+                for number, row in enumerate(checked):
                     copy.write_row((number, *row[:-1]))
             data = bytearray()
             with cursor.copy(read) as copy:
@@ -136,6 +136,8 @@ def read_target_rows(
         ) from None
     found = dict(_parse_target_csv(bytes(data), position, schema, numeric_text_columns(table)))
     by_unique = [TargetRow(found[n]) if n in found else None for n in range(len(unique_keys))]
+    if len(unique_keys) == len(keys):
+        return by_unique
     unique_number = {i: n for n, i in enumerate(i for i, keep in enumerate(distinct) if keep)}
     return [by_unique[unique_number[first[key_identity(k)]]] for k in keys]
 

@@ -134,6 +134,9 @@ CONFIRMED_SCHEMA = pa.schema(
 )
 
 
+_KEY_JSON = json.JSONEncoder(default=str)  # one encoder for every key: building one costs more
+
+
 class ConfirmedWriter:
     """Every confirmed discrepancy (key as JSON, kind, versions) appended to one Parquet file."""
 
@@ -156,7 +159,7 @@ class ConfirmedWriter:
         self._writer.write_table(
             pa.table(
                 {
-                    "key": [json.dumps(list(c.key), default=str) for c in confirmed],
+                    "key": [_KEY_JSON.encode(list(c.key)) for c in confirmed],
                     "kind": kinds,
                     "source_version": [c.source.version if c.source else None for c in confirmed],
                     "target_version": [c.target_version for c in confirmed],

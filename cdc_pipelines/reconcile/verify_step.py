@@ -45,6 +45,7 @@ from cdc_pipelines.scylla.key_reads import (
     SourceRange,
     SourceRow,
     existing_keys,
+    key_types,
     matched_key,
     range_matchable,
     read_source_rows,
@@ -259,7 +260,8 @@ class CandidateVerifier:
                 return by_key(keys)
             ranges = token_slice.sub_ranges(RESCAN_RANGES)
             present = existing_keys(self._cql(), table, ranges, consistency=level)
-            matched = [matched_key(table.spec, k) for k in keys]
+            types = key_types(table.spec)
+            matched = [matched_key(table.spec, k, types) for k in keys]
             unmatched = [k for k, m in zip(keys, matched, strict=True) if m is None]
             again = iter(by_key(unmatched)) if unmatched else iter(())
             return [next(again) if m is None else m in present for m in matched]
@@ -276,7 +278,8 @@ class CandidateVerifier:
             present = existing_keys(
                 self._cql(), table, span.split(RESCAN_RANGES), consistency=level
             )
-            matched = [matched_key(table.spec, k) for k in keys]
+            types = key_types(table.spec)
+            matched = [matched_key(table.spec, k, types) for k in keys]
             unmatched = [k for k, m in zip(keys, matched, strict=True) if m is None]
             rows = read_source_rows(self._cql(), table, unmatched, consistency=level)
             again = iter(row is not None for row in rows)

@@ -62,8 +62,20 @@ def _python_values(keys: pa.Table, column: CanonicalColumn) -> list[object]:
     return values.to_pylist()
 
 
+_PLAIN_KEY_TYPES = frozenset(
+    {int, str, bytes, bool, uuid.UUID, Decimal, dt.datetime, dt.date, dt.time, Time}
+)
+"""Key value types that hash and compare as the key itself (no NaN, no nested values)."""
+
+
 def key_identity(key: Key) -> object:
-    """A key usable as a dict key: lists (frozen collections) as tuples, NaN as a marker."""
+    """A key usable as a dict key: lists (frozen collections) as tuples, NaN as a marker.
+
+    A key of plain scalars (the usual case) is its own identity; only keys holding floats,
+    collections or other values are rebuilt.
+    """
+    if all(type(value) in _PLAIN_KEY_TYPES for value in key):
+        return key
 
     def freeze(value: object) -> object:
         if isinstance(value, list | tuple | set | frozenset):

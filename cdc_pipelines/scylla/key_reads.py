@@ -215,6 +215,13 @@ class _Statements:
         relation = f"{quote_cql(table.keyspace)}.{quote_cql(table.table)}"
         self.select = f"SELECT {', '.join(selected)} FROM {relation} WHERE "
         self.positions = {c.name: i for i, c in enumerate(self.columns)}
+        # Only timestamps (alone or in a list or set) differ from the driver's values.
+        self._timestamped = [
+            (i, c.cql_type)
+            for i, c in enumerate(self.columns)
+            if c.cql_type.name == "timestamp"
+            or (c.cql_type.name in ("list", "set") and c.cql_type.params[0].name == "timestamp")
+        ]
 
     def point(self) -> str:
         return self.select + " AND ".join(f"{quote_cql(n)} = ?" for n in self.table.primary_key)
@@ -230,8 +237,12 @@ class _Statements:
         width = len(self.columns)
         stamps = [int(s) for s in values[width:] if s is not None]  # type: ignore[call-overload]
         version = max(stamps) if stamps else NO_VERSION
-        data = [_aware(v, c.cql_type) for v, c in zip(values[:width], self.columns, strict=True)]
-        return SourceRow((*mask_row(self.table, self.names, data, self.mask_salt), version))
+        data = values[:width]
+        for position, cql in self._timestamped:
+            data[position] = _aware(data[position], cql)
+        if self.table.mask:
+            data = mask_row(self.table, self.names, data, self.mask_salt)
+        return SourceRow((*data, version))
 
 
 def _execute(
@@ -387,7 +398,7 @@ class SourceRange:
         self.session, self.replicated = session, replicated
         table = replicated.spec
         statements = _Statements(table, replicated.mask_salt)
-        self._types = [table.column(n).cql_type for n in table.primary_key]
+        self._types = key_types(table)
         positions = [statements.positions[n] for n in table.primary_key]
         partition = ", ".join(quote_cql(n) for n in table.partition_key)
         scan = statements.select + f"token({partition}) > ? AND token({partition}) <= ?"
@@ -420,7 +431,7 @@ class SourceRange:
         unmatched: list[int] = []
         table = self.replicated.spec
         for index, key in enumerate(keys):
-            wanted = matched_key(table, key)
+            wanted = matched_key(table, key, self._types)
             if wanted is None:
                 unmatched.append(index)
             else:
@@ -474,12 +485,20 @@ def existing_keys(
     return found
 
 
-def matched_key(table: TableSpec, key: Key) -> tuple[object, ...] | None:
-    """``key`` as a scan's rows are matched (None: it cannot be matched exactly)."""
+def key_types(table: TableSpec) -> tuple[CqlType, ...]:
+    """The CQL types of the primary-key columns, in key order."""
+    return tuple(table.column(n).cql_type for n in table.primary_key)
+
+
+def matched_key(
+    table: TableSpec, key: Key, types: Sequence[CqlType] | None = None
+) -> tuple[object, ...] | None:
+    """``key`` as a scan's rows are matched (None: it cannot be matched exactly); pass the
+    table's ``key_types`` when matching many keys."""
     try:
         return tuple(
-            match_value(cql_key_value(v), table.column(n).cql_type)
-            for v, n in zip(key, table.primary_key, strict=True)
+            match_value(cql_key_value(v), cql)
+            for v, cql in zip(key, types or key_types(table), strict=True)
         )
     except NotExact:
         return None

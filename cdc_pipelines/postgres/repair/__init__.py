@@ -25,6 +25,7 @@ from cdc_pipelines.postgres.repair.plan import (
     ExtraRow,
     RepairColumn,
     RepairPlan,
+    checked_keys,
     new_run_id,
     plan_repair,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "RepairPlan",
     "apply_repair",
     "batch_count",
+    "checked_keys",
     "new_run_id",
     "plan_repair",
     "render_script",

@@ -372,3 +372,11 @@ def plan_repair(
             conversion.key_positions, converted_inserts, converted_upserts, converted_deletes
         ),
     )
+
+
+def checked_keys(replicated: ReplicatedTable, keys: Iterable[Sequence[object]]) -> list[Row]:
+    """``keys`` checked and converted as :func:`plan_repair` converts a delete's key (each
+    followed by a NULL version), for reading those keys from the target; a key listed twice
+    fails."""
+    conversion = _row_conversion(replicated)
+    return _convert_deletes(conversion, (ExtraRow(tuple(k), None) for k in keys), {})
