@@ -17,11 +17,11 @@ from cdc_pipelines.postgres.audit import AuditDetail, AuditTables
 from cdc_pipelines.postgres.target_index import TargetIndexManifest
 from cdc_pipelines.reconcile.diff_step import SliceOutcome, diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
-from cdc_pipelines.reconcile.repair_step import RepairSettings, SliceRepair
-from cdc_pipelines.reconcile.repair_step import repair_slice as repair_slice_step
+from cdc_pipelines.reconcile.repair_step import RepairSettings
 from cdc_pipelines.reconcile.report import Tally
 from cdc_pipelines.reconcile.scratch import ScratchLayout
-from cdc_pipelines.reconcile.verify_step import verify_slice
+from cdc_pipelines.reconcile.slice_repair import SliceRepair, verify_slice
+from cdc_pipelines.reconcile.slice_repair import repair_slice as repair_slice_step
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -82,8 +82,8 @@ def reconcile_slice(
     verification = verify_slice(table, slice_id, settings, layout)
     return SliceVerdict(
         outcome=outcome,
-        tally=Tally.of(verification),
-        verification=verification.catch_up.detail if verification.catch_up else "no candidates",
+        tally=verification.tally,
+        verification=verification.detail,
         sample=read_sample(Path(outcome.candidates_path)),
         catch_up_confirmed=verification.catch_up_confirmed,
     )
@@ -291,13 +291,12 @@ def slice_check_result(verdict: SliceVerdict) -> dg.AssetCheckResult:
 
 def repair_result(repair: SliceRepair) -> str:
     """One line saying what the repair did, first in its metadata: applied, dry run or refused."""
-    plan, outcome = repair.plan, repair.outcome
-    planned = plan.write_count + plan.delete_count
+    outcome, planned = repair.outcome, repair.planned
     if repair.refused is not None:
         return f"REFUSED, nothing was applied ({planned} change(s) planned): {repair.refused}"
     if outcome is not None:
         return f"applied: {outcome.upserted} upserted, {outcome.deleted} deleted"
-    if plan.is_empty:
+    if not planned:
         return "nothing to repair: no verified discrepancy in this slice"
     return (
         f"dry run, nothing was applied: {planned} change(s) planned in the SQL script; "
@@ -308,7 +307,7 @@ def repair_result(repair: SliceRepair) -> str:
 def repair_metadata(repair: SliceRepair, audit_detail: AuditDetail) -> dict[str, dg.MetadataValue]:
     """What a slice's repair did. ``result`` comes first and says whether anything was applied;
     ``upserts``/``deletes`` are the plan, ``upserted``/``deleted`` what reached PostgreSQL."""
-    outcome, plan, verification = repair.outcome, repair.plan, repair.verification
+    outcome, verification = repair.outcome, repair.verification
     metadata: dict[str, dg.MetadataValue] = {
         "result": dg.MetadataValue.text(repair_result(repair)),
         "applied": dg.MetadataValue.bool(outcome is not None),
@@ -317,18 +316,16 @@ def repair_metadata(repair: SliceRepair, audit_detail: AuditDetail) -> dict[str,
         metadata["refused"] = dg.MetadataValue.text(repair.refused)
     metadata.update(
         {
-            "upserts": dg.MetadataValue.int(plan.write_count),
-            "deletes": dg.MetadataValue.int(plan.delete_count),
+            "upserts": dg.MetadataValue.int(repair.writes),
+            "deletes": dg.MetadataValue.int(repair.deletes),
             "upserted": dg.MetadataValue.int(outcome.upserted if outcome else 0),
             "deleted": dg.MetadataValue.int(outcome.deleted if outcome else 0),
-            "target_ahead": dg.MetadataValue.int(len(verification.target_ahead)),
+            "target_ahead": dg.MetadataValue.int(verification.tally.target_ahead),
             "catch_up_confirmed": dg.MetadataValue.bool(verification.catch_up_confirmed),
-            "verification": dg.MetadataValue.text(
-                verification.catch_up.detail if verification.catch_up else "no candidates"
-            ),
+            "verification": dg.MetadataValue.text(verification.detail),
             "sql": dg.MetadataValue.md(f"```sql\n{_script_excerpt(repair.sql_path)}\n```"),
             "sql_script": dg.MetadataValue.path(str(repair.sql_path)),
-            "run_id": dg.MetadataValue.text(plan.run_id),
+            "run_id": dg.MetadataValue.text(repair.run_id),
         }
     )
     if outcome is not None:

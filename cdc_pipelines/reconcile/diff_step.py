@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pyarrow as pa
 from cassandra.cluster import Session
 
 from cdc_pipelines.config import ScyllaConnection
 from cdc_pipelines.connect.secrets import with_mask_salt
-from cdc_pipelines.errors import ServiceError
+from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, write_candidates
@@ -64,6 +65,17 @@ class SliceOutcome:
     @property
     def rows_per_s(self) -> float:
         return self.source_rows / self.duration_s if self.duration_s > 0 else 0.0
+
+    @classmethod
+    def read(cls, path: Path) -> SliceOutcome:
+        """The diff's result as :func:`diff_table_slice` wrote it, or an error saying to diff first."""
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ReconcileError(
+                f"the slice's diff result {path} cannot be read ({exc}); reconcile the slice "
+                "again (its diff comes before its verification and repair)"
+            ) from None
 
 
 def diff_candidates(result: DiffResult, schema: CanonicalSchema) -> pa.Table:

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,24 +28,16 @@ from cdc_pipelines.postgres.repair import (
     RepairPlan,
     apply_repair,
     batch_count,
-    new_run_id,
     plan_repair,
-    render_script,
 )
-from cdc_pipelines.reconcile.index_step import ScanMarker
-from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, read_candidates
 from cdc_pipelines.reconcile.verify import VerificationResult
 from cdc_pipelines.reconcile.verify_step import (
-    CandidateVerifier,
     Presence,
-    merge,
     postgres_connection,
-    slice_rows,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import TokenRange, slice_by_id
+from cdc_pipelines.ring.slices import TokenRange
 from cdc_pipelines.rows.keys import Key
-from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_REPAIR_CONNECTIONS = 2
 POOL_OPEN_TIMEOUT_S = 30.0
@@ -238,18 +229,6 @@ def repair_verified(
     )
 
 
-@dataclass(frozen=True)
-class SliceRepair:
-    """The verified repair of one slice: its plan, the dry-run script and, if applied, the outcome."""
-
-    verification: VerificationResult
-    plan: RepairPlan
-    sql_path: Path
-    outcome: RepairOutcome | None
-    undone: int = 0  # rows taken back because the source deleted their keys meanwhile
-    refused: str | None = None  # why an asked-for repair changed nothing
-
-
 def unconfirmed_reason(detail: str) -> str:
     """Why repair refuses to act on verdicts whose catch-up was not confirmed."""
     return (
@@ -257,41 +236,3 @@ def unconfirmed_reason(detail: str) -> str:
         "counted as discrepancies; nothing was repaired. Repair anyway with "
         "--repair-unconfirmed (CLI) or allow_unconfirmed: true (Dagster)"
     )
-
-
-@owner_only
-def repair_slice(
-    table: ReplicatedTable,
-    slice_id: str,
-    settings: ConnectionSettings,
-    layout: ScratchLayout,
-    apply: bool,
-    repair: RepairSettings = RepairSettings(),
-) -> SliceRepair:
-    """Verify the slice's candidates again, plan the repair, write its SQL; apply on request.
-
-    An asked-for repair is refused when the sink's catch-up could not be confirmed, unless
-    ``repair.allow_unconfirmed``.
-    """
-    run_id = new_run_id()
-    candidates = read_candidates(layout.candidates(slice_id))
-    token_slice = slice_by_id(slice_id, table.slices)
-    rows = slice_rows(layout, slice_id)
-    with CandidateVerifier(table, settings, ScanMarker.read(layout)) as verifier:
-        verification = merge(
-            list(verifier.verify_in_chunks(candidates, token_slice, rows)), verifier.catch_up
-        )
-        plan = plan_verified_repair(table, verification, run_id)
-        sql_path = layout.slice_repair_script(slice_id, run_id)
-        sql_path.write_text(render_script(plan))
-        if not apply or plan.is_empty:
-            return SliceRepair(verification, plan, sql_path, None)
-        if not verifier.confirmed and not repair.allow_unconfirmed:
-            refused = unconfirmed_reason(verifier.detail)
-            return SliceRepair(verification, plan, sql_path, None, refused=refused)
-        presence = verifier.source_presence(token_slice, rows)
-        with Repairer(settings.postgres_dsn, run_id, repair) as repairer:
-            done = repair_verified(table, verification, repairer, presence)
-    if done is None:
-        return SliceRepair(verification, plan, sql_path, None)
-    return SliceRepair(verification, plan, sql_path, done.outcome, undone=done.undone)

@@ -7,40 +7,37 @@ run with nothing changed; memory follows one slice's candidates, not the table's
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import pickle
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
 from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.errors import CdcPipelinesError, ReconcileError
-from cdc_pipelines.kafka.offsets import CatchUp
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import new_run_id, render_script
 from cdc_pipelines.reconcile.diff_step import SliceOutcome, diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
 from cdc_pipelines.reconcile.repair_step import (
-    PlannedChunk,
     Repairer,
     RepairSettings,
-    apply_planned,
-    plan_chunk,
     plan_verified_repair,
-    take_back,
     unconfirmed_reason,
 )
-from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport, Tally
+from cdc_pipelines.reconcile.report import ConfirmedWriter, ReconcileReport
 from cdc_pipelines.reconcile.scratch import (
     DEFAULT_SCRATCH_DIR,
     ScratchLayout,
     owner_only,
-    read_candidates,
+)
+from cdc_pipelines.reconcile.slice_repair import (
+    SliceJob,
+    SlicePlanned,
+    apply_slice,
+    verify_and_plan_slice,
 )
 from cdc_pipelines.reconcile.verify_step import (
     DEFAULT_SETTLE_SECONDS,
@@ -48,11 +45,9 @@ from cdc_pipelines.reconcile.verify_step import (
     NOTHING_VERIFIED,
     CandidateVerifier,
     CatchUpWait,
-    Presence,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id, slice_ids
-from cdc_pipelines.rows.keys import Key
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_WORKERS = 2
@@ -189,67 +184,6 @@ def run_reconciliation(
     return report
 
 
-@dataclass(frozen=True)
-class SliceJob:
-    """What a worker needs to verify and plan one slice's candidates."""
-
-    table: ReplicatedTable
-    settings: ConnectionSettings
-    scan: ScanMarker
-    wait: CatchUpWait
-    catch_up: CatchUp | None
-    outcome: SliceOutcome
-    layout: ScratchLayout
-    run_id: str
-    repairing: bool
-
-
-@dataclass(frozen=True)
-class SlicePlanned:
-    """A slice verified and planned: its verdicts, and where its plans or script part wait."""
-
-    slice_id: str
-    tally: Tally
-    plans: tuple[Path, ...]  # checked plans to apply, in order (repair)
-    script: Path | None  # its part of the dry-run script (dry run)
-
-
-@owner_only
-def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
-    """Verify one slice's candidates a chunk at a time; record the verdicts in the slice's
-    Parquet file and check each chunk's plan, writing it to the slice's script part (dry
-    run) or to a scratch file for the repair. Runs in a slice worker process."""
-    table, outcome, layout, run_id = job.table, job.outcome, job.layout, job.run_id
-    token_slice = slice_by_id(outcome.slice_id, table.slices)
-    candidates = read_candidates(Path(outcome.candidates_path))
-    spill = layout.planned_chunks(run_id)
-    spill.mkdir(parents=True, exist_ok=True)
-    tally, plans = Tally(), []
-    script_path = None if job.repairing else layout.script_part(run_id, outcome.slice_id)
-    with ExitStack() as stack:
-        verifier = stack.enter_context(
-            CandidateVerifier(table, job.settings, job.scan, job.wait, catch_up=job.catch_up)
-        )
-        confirmed = stack.enter_context(
-            ConfirmedWriter(layout.discrepancy_part(run_id, outcome.slice_id))
-        )
-        script = None if script_path is None else stack.enter_context(script_path.open("w"))
-        chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
-        for number, verification in enumerate(chunks):
-            tally += Tally.of(verification)
-            confirmed.write(verification)
-            chunk = plan_chunk(table, verification, run_id, verifier.span)
-            if chunk.plan.is_empty:
-                continue
-            if script is not None:
-                script.write(render_script(chunk.plan))
-            else:
-                path = spill / f"slice={outcome.slice_id}.{number:06d}.pickle"
-                path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
-                plans.append(path)
-    return SlicePlanned(outcome.slice_id, tally, tuple(plans), script_path)
-
-
 def _verify_and_act(
     table: ReplicatedTable,
     settings: ConnectionSettings,
@@ -280,6 +214,8 @@ def _verify_and_act(
             layout,
             run_id,
             repairing,
+            script=None if repairing else layout.script_part(run_id, o.slice_id),
+            verdicts=layout.discrepancy_part(run_id, o.slice_id),
         )
         for o in outcomes
         if o.candidates
@@ -298,7 +234,7 @@ def _verify_and_act(
     if not repairing:
         report.dry_run_sql_path = str(layout.repair_script(run_id))
         with open(report.dry_run_sql_path, "w", encoding="utf-8") as script:
-            parts = [p.script for p in slices if p.script is not None and p.script.stat().st_size]
+            parts = [p.script for p in slices if p.script is not None and p.writes + p.deletes]
             for part in parts:
                 with part.open(encoding="utf-8") as text:
                     shutil.copyfileobj(text, script)
@@ -315,7 +251,7 @@ def _verify_and_act(
             for planned in slices:
                 token_slice = slice_by_id(planned.slice_id, table.slices)
                 presence = verifier.source_presence(token_slice, rows_by_slice[planned.slice_id])
-                report.undone_after_source_delete += _apply_slice(
+                report.undone_after_source_delete += apply_slice(
                     table, planned, repairer, verifier, presence
                 )
         finally:
@@ -324,38 +260,6 @@ def _verify_and_act(
             shutil.rmtree(spill, ignore_errors=True)
     # Rows taken back after a source delete were counted as deleted, not settled twice.
     return settled - report.undone_after_source_delete
-
-
-def _apply_slice(
-    table: ReplicatedTable,
-    planned: SlicePlanned,
-    repairer: Repairer,
-    verifier: CandidateVerifier,
-    presence: Presence,
-) -> int:
-    """Apply a slice's checked plans in order; returns the rows taken back after a source
-    delete. A chunk verified by a scan is checked at the source right after it commits, by
-    one scan of its token span; the other chunks' keys once for the slice, after all of them
-    (and after a failing chunk, what did commit)."""
-    undone = 0
-    pending: list[tuple[Key, int]] = []
-    try:
-        for path in planned.plans:
-            chunk: PlannedChunk = pickle.loads(path.read_bytes())
-            if chunk.span is not None:
-                done = apply_planned(table, chunk, repairer, verifier.presence_in(chunk.span))
-                undone += done.undone if done else 0
-            elif not chunk.plan.is_empty:
-                # Before the apply: its batches commit one by one, and a key a failing chunk
-                # already wrote must be checked too.
-                pending.extend(chunk.written)
-                repairer.apply(chunk.plan)
-            path.unlink()
-    except BaseException:
-        with contextlib.suppress(CdcPipelinesError):
-            take_back(table, pending, repairer, presence)
-        raise
-    return undone + take_back(table, pending, repairer, presence)
 
 
 def _run_slice_jobs(jobs: list[SliceJob], workers: int) -> list[SlicePlanned]:

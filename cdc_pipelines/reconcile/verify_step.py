@@ -7,7 +7,6 @@ the first non-empty call waits for the sink, later calls reuse that catch-up.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
@@ -29,7 +28,6 @@ from cdc_pipelines.kafka.offsets import (
 from cdc_pipelines.postgres.key_reads import TargetRow, read_target_rows
 from cdc_pipelines.reconcile.diff_step import KIND_COLUMN
 from cdc_pipelines.reconcile.index_step import ScanMarker
-from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
 from cdc_pipelines.reconcile.verify import (
     VERIFY_CHUNK,
     Candidate,
@@ -38,7 +36,7 @@ from cdc_pipelines.reconcile.verify import (
     verify_in_chunks,
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice, slice_by_id
+from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice
 from cdc_pipelines.ring.tokens import table_tokens
 from cdc_pipelines.rows.keys import Key, driver_keys, key_identity
 from cdc_pipelines.scylla.key_reads import (
@@ -307,28 +305,3 @@ class CandidateVerifier:
         if self._conn is None:
             self._conn = self._stack.enter_context(postgres_connection(self.settings.postgres_dsn))
         return read_target_rows(self._conn, self.table, keys)
-
-
-def slice_rows(layout: ScratchLayout, slice_id: str) -> int:
-    """The source rows the slice's diff read (0 when its result is not there)."""
-    try:
-        return int(json.loads(layout.slice_result(slice_id).read_text())["source_rows"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def verify_slice(
-    table: ReplicatedTable,
-    slice_id: str,
-    settings: ConnectionSettings,
-    layout: ScratchLayout,
-    wait: CatchUpWait = CatchUpWait(),
-) -> VerificationResult:
-    """Re-read the slice's candidates on both sides once the sink passed the scan's offsets."""
-    candidates = read_candidates(layout.candidates(slice_id))
-    token_slice = slice_by_id(slice_id, table.slices)
-    with CandidateVerifier(table, settings, ScanMarker.read(layout), wait) as verifier:
-        parts = list(
-            verifier.verify_in_chunks(candidates, token_slice, slice_rows(layout, slice_id))
-        )
-        return merge(parts, verifier.catch_up)

@@ -18,10 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cdc_pipelines.reconcile import verify, verify_step
 from cdc_pipelines.reconcile.diff_step import diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
 from cdc_pipelines.reconcile.repair_step import Repairer, repair_verified
 from cdc_pipelines.reconcile.scratch import ScratchLayout, read_candidates
+from cdc_pipelines.reconcile.slice_repair import repair_slice
 from cdc_pipelines.reconcile.table_run import (
     ReconcileOptions,
     RepairInterrupted,
@@ -205,3 +207,35 @@ def test_a_repair_that_stops_part_way_reports_what_it_committed_and_a_rerun_fini
     again = run_reconciliation(table, settings, options(tmp_path))
     assert again.confirmed == 0 and again.settled
     assert present(postgres_dsn, schema, missing) == missing
+
+
+def test_a_slice_repair_plans_and_applies_a_chunk_at_a_time(
+    replicated, settings, tmp_path, postgres_dsn, monkeypatch
+):
+    """Dagster's slice repair streams: every chunk of keys is verified, planned and written to
+    the script on its own (one transaction each), and the applied repair settles them all."""
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    chunk = 4
+    monkeypatch.setattr(verify, "VERIFY_CHUNK", chunk)
+    monkeypatch.setattr(verify_step, "VERIFY_CHUNK", chunk)
+    run_sql(postgres_dsn, spec.target_schema, "DELETE FROM {s}.all_types WHERE id < 60")
+    layout = ScratchLayout(tmp_path, table.source)
+    build_index(table, settings, layout)
+    outcomes = [diff_table_slice(table, s, settings, layout) for s in slice_ids(table.slices)]
+    busiest = max(outcomes, key=lambda o: o.missing)
+    assert busiest.missing > chunk, "the test needs a slice of several chunks"
+
+    dry = repair_slice(table, busiest.slice_id, settings, layout, apply=False)
+    script = dry.sql_path.read_text()
+    assert dry.outcome is None and dry.writes == busiest.missing
+    assert script.count("BEGIN;") == -(-busiest.missing // chunk)  # one per chunk
+    assert not layout.planned_chunks(dry.run_id).exists()
+
+    applied = repair_slice(table, busiest.slice_id, settings, layout, apply=True)
+    assert applied.outcome is not None and applied.outcome.upserted == busiest.missing
+    assert applied.verification.tally.missing == busiest.missing
+    assert not layout.planned_chunks(applied.run_id).exists()  # the checked plans are gone
+    build_index(table, settings, layout)
+    again = diff_table_slice(table, busiest.slice_id, settings, layout)
+    assert again.candidates == 0

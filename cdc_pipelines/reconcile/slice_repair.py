@@ -1,0 +1,286 @@
+"""One slice's candidates verified, planned and repaired a chunk at a time.
+
+The CLI's whole-table run verifies and plans slices in worker processes with
+:func:`verify_and_plan_slice` and applies them in order with :func:`apply_slice`; Dagster's
+per-slice reconciliation and repair (:func:`verify_slice`, :func:`repair_slice`) use the same
+two, so on both paths memory follows the chunk (``VERIFY_CHUNK`` keys), not the slice's drift.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from cdc_pipelines.errors import CdcPipelinesError
+from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
+from cdc_pipelines.postgres.repair import RepairOutcome, new_run_id, render_script
+from cdc_pipelines.reconcile.diff_step import SliceOutcome
+from cdc_pipelines.reconcile.index_step import ScanMarker
+from cdc_pipelines.reconcile.repair_step import (
+    PlannedChunk,
+    Repairer,
+    RepairSettings,
+    apply_planned,
+    plan_chunk,
+    plan_verified_repair,
+    take_back,
+    unconfirmed_reason,
+)
+from cdc_pipelines.reconcile.report import ConfirmedWriter, Tally
+from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, read_candidates
+from cdc_pipelines.reconcile.verify_step import (
+    NOTHING_VERIFIED,
+    CandidateVerifier,
+    CatchUpWait,
+    Presence,
+)
+from cdc_pipelines.replicated_table import ReplicatedTable
+from cdc_pipelines.ring.slices import slice_by_id
+from cdc_pipelines.rows.keys import Key
+from cdc_pipelines.settings import ConnectionSettings
+
+
+@dataclass(frozen=True)
+class SliceJob:
+    """What a worker needs to verify and plan one slice's candidates."""
+
+    table: ReplicatedTable
+    settings: ConnectionSettings
+    scan: ScanMarker
+    wait: CatchUpWait
+    catch_up: CatchUp | None
+    outcome: SliceOutcome
+    layout: ScratchLayout
+    run_id: str
+    repairing: bool  # keep the checked plans for the repair
+    script: Path | None = None  # write each chunk's plan to this dry-run script too
+    verdicts: Path | None = None  # record the confirmed verdicts in this Parquet file
+
+
+@dataclass(frozen=True)
+class SlicePlanned:
+    """A slice verified and planned: its verdicts, the changes planned, and where the
+    checked plans (repair) or the script (dry run) wait."""
+
+    slice_id: str
+    tally: Tally
+    plans: tuple[Path, ...]  # checked plans to apply, in order (repair)
+    script: Path | None  # the dry-run script, when asked for
+    writes: int = 0  # rows the plans upsert or insert
+    deletes: int = 0  # rows the plans delete
+
+
+@owner_only
+def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
+    """Verify one slice's candidates a chunk at a time; record the verdicts (``job.verdicts``)
+    and check each chunk's plan, writing it to the dry-run script (``job.script``) and, when
+    ``job.repairing``, to a scratch file for the repair. Runs in a slice worker process."""
+    table, outcome, layout, run_id = job.table, job.outcome, job.layout, job.run_id
+    token_slice = slice_by_id(outcome.slice_id, table.slices)
+    candidates = read_candidates(Path(outcome.candidates_path))
+    spill = layout.planned_chunks(run_id)
+    tally, plans, writes, deletes = Tally(), [], 0, 0
+    with ExitStack() as stack:
+        verifier = stack.enter_context(
+            CandidateVerifier(table, job.settings, job.scan, job.wait, catch_up=job.catch_up)
+        )
+        confirmed = (
+            None if job.verdicts is None else stack.enter_context(ConfirmedWriter(job.verdicts))
+        )
+        script = None
+        if job.script is not None:
+            job.script.parent.mkdir(parents=True, exist_ok=True)
+            script = stack.enter_context(job.script.open("w"))
+        chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
+        for number, verification in enumerate(chunks):
+            tally += Tally.of(verification)
+            if confirmed is not None:
+                confirmed.write(verification)
+            if script is None and not job.repairing:
+                continue  # verdicts only
+            chunk = plan_chunk(table, verification, run_id, verifier.span)
+            if chunk.plan.is_empty:
+                continue
+            writes += chunk.plan.write_count
+            deletes += chunk.plan.delete_count
+            if script is not None:
+                script.write(render_script(chunk.plan))
+            if job.repairing:
+                spill.mkdir(parents=True, exist_ok=True)
+                path = spill / f"slice={outcome.slice_id}.{number:06d}.pickle"
+                path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                plans.append(path)
+        if script is not None and not writes + deletes:  # says there is nothing to repair
+            script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
+    return SlicePlanned(outcome.slice_id, tally, tuple(plans), job.script, writes, deletes)
+
+
+def apply_slice(
+    table: ReplicatedTable,
+    planned: SlicePlanned,
+    repairer: Repairer,
+    verifier: CandidateVerifier,
+    presence: Presence,
+) -> int:
+    """Apply a slice's checked plans in order; returns the rows taken back after a source
+    delete. A chunk verified by a scan is checked at the source right after it commits, by
+    one scan of its token span; the other chunks' keys once for the slice, after all of them
+    (and after a failing chunk, what did commit). Each plan's file is removed once applied."""
+    undone = 0
+    pending: list[tuple[Key, int]] = []
+    try:
+        for path in planned.plans:
+            chunk: PlannedChunk = pickle.loads(path.read_bytes())
+            if chunk.span is not None:
+                done = apply_planned(table, chunk, repairer, verifier.presence_in(chunk.span))
+                undone += done.undone if done else 0
+            elif not chunk.plan.is_empty:
+                # Before the apply: its batches commit one by one, and a key a failing chunk
+                # already wrote must be checked too.
+                pending.extend(chunk.written)
+                repairer.apply(chunk.plan)
+            path.unlink()
+    except BaseException:
+        with contextlib.suppress(CdcPipelinesError):
+            take_back(table, pending, repairer, presence)
+        raise
+    return undone + take_back(table, pending, repairer, presence)
+
+
+@dataclass(frozen=True)
+class SliceVerification:
+    """One slice's verdicts after the re-read, and how the sink's catch-up was established."""
+
+    tally: Tally
+    catch_up: CatchUp | None
+
+    @property
+    def catch_up_confirmed(self) -> bool:
+        """Whether the sink was shown, by its committed offsets, to have caught up."""
+        return self.catch_up is None or (
+            self.catch_up.caught_up and self.catch_up.method is CatchUpMethod.OFFSETS
+        )
+
+    @property
+    def detail(self) -> str:
+        return self.catch_up.detail if self.catch_up is not None else "no candidates"
+
+
+@dataclass(frozen=True)
+class SliceRepair:
+    """The verified repair of one slice: its verdicts, the changes planned (all in the SQL
+    script), and, if applied, the outcome."""
+
+    verification: SliceVerification
+    run_id: str
+    writes: int  # rows planned to be upserted or inserted
+    deletes: int  # rows planned to be deleted
+    sql_path: Path
+    outcome: RepairOutcome | None
+    undone: int = 0  # rows taken back because the source deleted their keys meanwhile
+    refused: str | None = None  # why an asked-for repair changed nothing
+
+    @property
+    def planned(self) -> int:
+        return self.writes + self.deletes
+
+
+def _slice_job(
+    table: ReplicatedTable,
+    outcome: SliceOutcome,
+    settings: ConnectionSettings,
+    layout: ScratchLayout,
+    verifier: CandidateVerifier,
+    run_id: str,
+    *,
+    repairing: bool = False,
+    script: Path | None = None,
+) -> SliceJob:
+    """The slice's job for :func:`verify_and_plan_slice`, once the sink is waited for."""
+    if outcome.candidates:
+        verifier.wait_for_sink()
+    return SliceJob(
+        table,
+        settings,
+        verifier.scan,
+        verifier.wait,
+        verifier.catch_up,
+        outcome,
+        layout,
+        run_id,
+        repairing,
+        script,
+    )
+
+
+def verify_slice(
+    table: ReplicatedTable,
+    slice_id: str,
+    settings: ConnectionSettings,
+    layout: ScratchLayout,
+    wait: CatchUpWait | None = None,
+) -> SliceVerification:
+    """Re-read the diffed slice's candidates on both sides once the sink passed the scan's
+    offsets, a chunk at a time."""
+    outcome = SliceOutcome.read(layout.slice_result(slice_id))
+    with CandidateVerifier(
+        table, settings, ScanMarker.read(layout), wait or CatchUpWait()
+    ) as verifier:
+        job = _slice_job(table, outcome, settings, layout, verifier, new_run_id())
+        return SliceVerification(verify_and_plan_slice(job).tally, verifier.catch_up)
+
+
+@owner_only
+def repair_slice(
+    table: ReplicatedTable,
+    slice_id: str,
+    settings: ConnectionSettings,
+    layout: ScratchLayout,
+    apply: bool,
+    repair: RepairSettings | None = None,
+) -> SliceRepair:
+    """Verify the diffed slice's candidates again, plan the repair a chunk at a time into its
+    SQL script, and apply the checked plans on request.
+
+    An asked-for repair is refused when the sink's catch-up could not be confirmed, unless
+    ``repair.allow_unconfirmed``.
+    """
+    repair = repair or RepairSettings()
+    run_id = new_run_id()
+    sql_path = layout.slice_repair_script(slice_id, run_id)
+    outcome = SliceOutcome.read(layout.slice_result(slice_id))
+    with CandidateVerifier(table, settings, ScanMarker.read(layout)) as verifier:
+        job = _slice_job(table, outcome, settings, layout, verifier, run_id, script=sql_path)
+        refused = None
+        if apply and not verifier.confirmed and not repair.allow_unconfirmed:
+            refused = unconfirmed_reason(verifier.detail)
+        job = replace(job, repairing=apply and refused is None)
+        try:
+            planned = verify_and_plan_slice(job)
+            verification = SliceVerification(planned.tally, verifier.catch_up)
+            if not planned.plans:
+                refused = refused if planned.writes + planned.deletes else None
+                return SliceRepair(
+                    verification,
+                    run_id,
+                    planned.writes,
+                    planned.deletes,
+                    sql_path,
+                    None,
+                    refused=refused,
+                )
+            presence = verifier.source_presence(
+                slice_by_id(slice_id, table.slices), outcome.source_rows
+            )
+            with Repairer(settings.postgres_dsn, run_id, repair) as repairer:
+                undone = apply_slice(table, planned, repairer, verifier, presence)
+                done = repairer.totals()
+        finally:
+            shutil.rmtree(layout.planned_chunks(run_id), ignore_errors=True)
+    return SliceRepair(
+        verification, run_id, planned.writes, planned.deletes, sql_path, done, undone=undone
+    )
