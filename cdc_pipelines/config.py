@@ -43,6 +43,7 @@ MAX_SLICE_COUNT = 4096
 DEFAULT_VERSION_COLUMN = "_cdc_version_us"
 DEFAULT_TOPIC_PREFIX = "scylla"
 DEFAULT_SECRETS_FILE = "/etc/kafka-connect/secrets/postgres.properties"
+DEFAULT_VAULT_SECRET_PATH = "secret/data/cdc/connect"  # KV v2 at secret/, as the stacks store it
 # PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1).
 PG_IDENTIFIER_MAX_BYTES = 63
 # Cassandra/ScyllaDB keyspace and table names: letters, digits, underscore, at most 48.
@@ -638,15 +639,17 @@ class ScyllaConnection(_Model):
 class SecretsConfig(_Model):
     """How Connect resolves credentials: a config-provider reference, never an inline secret.
 
-    ``file`` reads ``path`` with Kafka's FileConfigProvider (``${file:<path>:<key>}``);
-    ``vault`` reads ``vault_path`` with a provider registered as ``vault`` in the
-    worker (``${vault:<vault_path>:<key>}``).
+    ``vault`` (the default) reads ``vault_path`` with a provider registered as ``vault`` in
+    the worker (``${vault:<vault_path>:<key>}``; the project's VaultConfigProvider), so the
+    secrets live in Vault only. ``file`` reads ``path`` with Kafka's FileConfigProvider
+    (``${file:<path>:<key>}``), for workers that cannot reach Vault: the secrets are then
+    also in that file, outside Vault's control.
     """
 
-    provider: Literal["file", "vault"] = "file"
+    provider: Literal["file", "vault"] = "vault"
     path: str = DEFAULT_SECRETS_FILE
     vault_url: str | None = None
-    vault_path: str | None = None
+    vault_path: str | None = DEFAULT_VAULT_SECRET_PATH
     postgres_user_key: str = "postgres.user"
     postgres_password_key: str = "postgres.password"
     mask_salt_key: str = "mask.salt"

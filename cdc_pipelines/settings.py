@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -38,6 +39,7 @@ DEFAULT_PUSHGATEWAY_URL = "http://127.0.0.1:9091"
 VAULT_SECRET_PATH_ENV = "CDC_VAULT_SECRET_PATH"
 VAULT_ADDR_ENV = "VAULT_ADDR"
 VAULT_TOKEN_ENV = "VAULT_TOKEN"
+VAULT_TOKEN_FILE_ENV = "VAULT_TOKEN_FILE"  # a file holding the token (a mounted volume)
 VAULT_ROLE_ID_ENV = "VAULT_ROLE_ID"
 VAULT_SECRET_ID_ENV = "VAULT_SECRET_ID"
 VAULT_TIMEOUT_S = 10
@@ -142,15 +144,36 @@ def dsn_with_login(dsn: str, user: str, password: str) -> str:
 def _vault_fix(path: str) -> str:
     return (
         f"{VAULT_SECRET_PATH_ENV}={path} reads the credentials from Vault: set {VAULT_ADDR_ENV} "
-        f"and {VAULT_TOKEN_ENV} (or {VAULT_ROLE_ID_ENV} and {VAULT_SECRET_ID_ENV}), or unset "
+        f"and {VAULT_TOKEN_ENV} (or {VAULT_TOKEN_FILE_ENV}, or {VAULT_ROLE_ID_ENV} and "
+        f"{VAULT_SECRET_ID_ENV}), or unset "
         f"{VAULT_SECRET_PATH_ENV} to use the login in CDC_POSTGRES_DSN"
     )
 
 
+def _token_from_file(name: str | None, path: str) -> str | None:
+    """The token in the file ``name`` (None when no file is named); an error names the file."""
+    if not name:
+        return None
+    try:
+        token = Path(name).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{VAULT_TOKEN_FILE_ENV}={name} cannot be read ({type(exc).__name__}), so {path} "
+            "cannot be read from Vault: point it at the file holding a Vault token"
+        ) from None
+    if not token:
+        raise ConfigError(
+            f"{VAULT_TOKEN_FILE_ENV}={name} is empty, so {path} cannot be read from Vault: "
+            "write the token into it"
+        )
+    return token
+
+
 def vault_client(url: str, path: str, environ: Mapping[str, str] | None = None) -> hvac.Client:
-    """A client with VAULT_TOKEN, or logged in by AppRole with VAULT_ROLE_ID/VAULT_SECRET_ID."""
+    """A client with VAULT_TOKEN (or the token in the file VAULT_TOKEN_FILE names), or logged
+    in by AppRole with VAULT_ROLE_ID/VAULT_SECRET_ID."""
     env = os.environ if environ is None else environ
-    token = env.get(VAULT_TOKEN_ENV)
+    token = env.get(VAULT_TOKEN_ENV) or _token_from_file(env.get(VAULT_TOKEN_FILE_ENV), path)
     role_id = env.get(VAULT_ROLE_ID_ENV)
     secret_id = env.get(VAULT_SECRET_ID_ENV)
     if token:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from cdc_pipelines.config import (
@@ -56,14 +55,12 @@ def all_types_declaration(name: str, slices: int = 4, extra_table: str = "") -> 
 
 def all_types_yaml(name: str, slices: int = 4, extra_table: str = "") -> str:
     """The YAML text of :func:`all_types_declaration`."""
-    secrets = os.environ.get("CDC_CONNECT_SECRETS_FILE", "/nonexistent/secrets.properties")
     text = f"""\
 connectors:
   topic_prefix: {name}
   sink_name_prefix: {name}-sink
   dlq_topic: {name}-dlq
   sink_batch_size: 500
-  secrets: {{provider: file, path: "{secrets}"}}
 user_types:
   address: {{street: text, zip: int}}
 tables:

@@ -17,10 +17,8 @@ from cdc_pipelines.devstack.layout import (
     OPENBAO_CLUSTER_PORT,
     OPENBAO_KV_MOUNT,
     OPENBAO_PORT,
-    POSTGRES_PASSWORD,
     POSTGRES_PASSWORD_GROUP,
     POSTGRES_PORT,
-    POSTGRES_USER,
     PUSHGATEWAY_PORT,
 )
 
@@ -132,7 +130,7 @@ num.io.threads=4
 """
 
 
-def connect_worker_properties(plugin_path: Path, secrets_dir: Path, vault_token_file: Path) -> str:
+def connect_worker_properties(plugin_path: Path, vault_token_file: Path) -> str:
     return f"""\
 bootstrap.servers={LOOPBACK}:{KAFKA_PORT}
 group.id=cdc-devstack-connect
@@ -156,22 +154,11 @@ rest.advertised.port={CONNECT_PORT}
 plugin.path={plugin_path}
 plugin.discovery=hybrid_warn
 connector.client.config.override.policy=All
-config.providers=vault,file
+config.providers=vault
 config.providers.vault.class=io.cdcpipelines.connect.VaultConfigProvider
 config.providers.vault.param.address=http://{LOOPBACK}:{OPENBAO_PORT}
 config.providers.vault.param.token.file={vault_token_file}
-config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider
-config.providers.file.param.allowed.paths={secrets_dir}
 """
-
-
-def connect_secrets_properties() -> str:
-    # Read by Connect's FileConfigProvider: connector configs reference
-    # ${{file:<path>:postgres.user}} instead of carrying the credentials inline.
-    return (
-        f"postgres.user={POSTGRES_USER}\npostgres.password={POSTGRES_PASSWORD}\n"
-        f"mask.salt={MASK_SALT}\n"
-    )
 
 
 # The devstack's salt for hashed (masked) columns; production keeps its own in Vault.

@@ -517,27 +517,17 @@ class Connect(Service):
     start_timeout_s = 150.0
     depends_on = ("kafka",)
 
-    @property
-    def secrets_dir(self) -> Path:
-        return self.home / "secrets"
-
     def install(self) -> None:
         install.ensure_jars(self.layout, install.JAR_SETS[1])
         install.ensure_jars(self.layout, install.JAR_SETS[3])
         install.ensure_transforms(self.layout)
 
     def prepare(self) -> None:
-        self.secrets_dir.mkdir(parents=True, exist_ok=True)
-        secrets = self.secrets_dir / "postgres.properties"
-        # Created owner-only: never readable by others, not even between write and chmod.
-        descriptor = os.open(secrets, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(configs.connect_secrets_properties())
-        secrets.chmod(0o600)  # a file left by an earlier version keeps its old mode otherwise
+        # Secrets live in OpenBao only: the secrets file earlier versions wrote is removed.
+        shutil.rmtree(self.home / "secrets", ignore_errors=True)
         (self.home / "worker.properties").write_text(
             configs.connect_worker_properties(
                 self.layout.plugin_path,
-                self.secrets_dir,
                 self.layout.service_dir("openbao") / OPENBAO_CONNECT_TOKEN_FILE,
             )
         )

@@ -79,9 +79,6 @@ def stack_env(layout: StackLayout) -> dict[str, str]:
         # The shipped pipeline.yaml's connectors resolve their secrets from OpenBao.
         "CDC_CONNECT_SECRETS_PROVIDER": "vault",
         "CDC_CONNECT_VAULT_PATH": f"{OPENBAO_KV_MOUNT}/data/{OPENBAO_SECRET_PATH}",
-        "CDC_CONNECT_SECRETS_FILE": str(
-            layout.service_dir("connect") / "secrets/postgres.properties"
-        ),
         "DAGSTER_PG_HOST": LOOPBACK,
         "DAGSTER_PG_PORT": str(POSTGRES_PORT),
         "DAGSTER_PG_USER": POSTGRES_USER,

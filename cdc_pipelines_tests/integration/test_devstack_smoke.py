@@ -6,13 +6,12 @@ import itertools
 import json
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
-import pytest
 import requests
 from psycopg import sql
 
+from cdc_pipelines.config import DEFAULT_VAULT_SECRET_PATH
 from cdc_pipelines.observability.metrics import Gauge, push
 
 RING_MIN = -(2**63)
@@ -102,15 +101,15 @@ def test_connect_jdbc_sink_writes_a_topic_record_into_postgres(
     )
     assert producer.flush(30) == 0
 
-    secrets = Path(settings_secrets_file())
+    secrets = DEFAULT_VAULT_SECRET_PATH
     name = f"smoke-{unique_name}"
     config = {
         "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
         "tasks.max": "1",
         "topics": topic,
         "connection.url": "jdbc:postgresql://127.0.0.1:5432/cdc",
-        "connection.username": f"${{file:{secrets}:postgres.user}}",
-        "connection.password": f"${{file:{secrets}:postgres.password}}",
+        "connection.username": f"${{vault:{secrets}:postgres.user}}",
+        "connection.password": f"${{vault:{secrets}:postgres.password}}",
         "insert.mode": "upsert",
         "primary.key.mode": "record_key",
         "schema.evolution": "none",
@@ -135,15 +134,6 @@ def test_connect_jdbc_sink_writes_a_topic_record_into_postgres(
         assert row == (7, "through connect"), f"sink did not apply the record; status: {status}"
     finally:
         requests.delete(f"{connect_url}/connectors/{name}", timeout=30)
-
-
-def settings_secrets_file() -> str:
-    import os
-
-    path = os.environ.get("CDC_CONNECT_SECRETS_FILE")
-    if not path:
-        pytest.fail('CDC_CONNECT_SECRETS_FILE is not set; eval "$(cdc-pipelines stack env)"')
-    return path
 
 
 def test_pushgateway_serves_a_pushed_metric(pushgateway_url, unique_name):

@@ -13,7 +13,12 @@ import pytest
 from cdc_pipelines.config import SecretsConfig
 from cdc_pipelines.connect.secrets import read_mask_salt
 from cdc_pipelines.devstack.configs import MASK_SALT
-from cdc_pipelines.devstack.layout import OPENBAO_APPROLE, OPENBAO_KV_MOUNT, OPENBAO_SECRET_PATH
+from cdc_pipelines.devstack.layout import (
+    OPENBAO_APPROLE,
+    OPENBAO_KV_MOUNT,
+    OPENBAO_SECRET_PATH,
+    StackLayout,
+)
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -52,10 +57,11 @@ def test_the_stack_stores_the_salt_connect_uses(vault, settings):
     secrets = SecretsConfig(
         provider="vault", vault_path=f"{OPENBAO_KV_MOUNT}/{OPENBAO_SECRET_PATH}"
     )
-    from_file = read_mask_salt(
-        SecretsConfig(provider="file", path=os.environ["CDC_CONNECT_SECRETS_FILE"])
-    )
-    assert read_mask_salt(secrets) == MASK_SALT.encode() == from_file
+    assert read_mask_salt(secrets) == MASK_SALT.encode()
+    # Nowhere else: the stack writes no secrets file for Connect.
+    assert not (StackLayout.from_env().service_dir("connect") / "secrets").exists()
+    worker = (StackLayout.from_env().service_dir("connect") / "worker.properties").read_text()
+    assert "FileConfigProvider" not in worker and MASK_SALT not in worker
     stored = vault.secrets.kv.v2.read_secret_version(
         path=OPENBAO_SECRET_PATH, mount_point=OPENBAO_KV_MOUNT, raise_on_deleted_version=True
     )["data"]["data"]

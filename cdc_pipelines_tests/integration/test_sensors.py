@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from cdc_pipelines.config import PipelineConfig, load_config
+from cdc_pipelines.config import DEFAULT_VAULT_SECRET_PATH, PipelineConfig, load_config
 from cdc_pipelines.connect.client import ConnectClient
 from cdc_pipelines.connect.configs import ConnectorConfig
 from cdc_pipelines.defs.build import build_definitions
@@ -100,14 +100,14 @@ def sink(
     """Deploys the test's JDBC sink (``deploy(url=…, dlq_topic=…)``); removes it and its topics after."""
 
     def deploy(url: str = GOOD_JDBC_URL, dlq_topic: str | None = None) -> None:
-        secrets = os.environ["CDC_CONNECT_SECRETS_FILE"]
+        secrets = DEFAULT_VAULT_SECRET_PATH
         config = {
             "connector.class": "io.debezium.connector.jdbc.JdbcSinkConnector",
             "tasks.max": "1",
             "topics": names.topic,
             "connection.url": url,
-            "connection.username": f"${{file:{secrets}:postgres.user}}",
-            "connection.password": f"${{file:{secrets}:postgres.password}}",
+            "connection.username": f"${{vault:{secrets}:postgres.user}}",
+            "connection.password": f"${{vault:{secrets}:postgres.password}}",
             "insert.mode": "upsert",
             "primary.key.mode": "record_key",
             "schema.evolution": "none",

@@ -104,7 +104,8 @@ DEBEZIUM_JARS_KEPT = (
 )
 JAVA_CLASS = re.compile(r"(?:[a-z][a-z0-9_]*\.)+[A-Z][A-Za-z0-9_]*(?:\$[A-Za-z0-9_]+)?")
 PROVIDER_REFERENCE = re.compile(r"\$\{([a-z]+):([^:}]+):([^}]+)\}")
-SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|SALT", re.IGNORECASE)
+# A name holding a secret's value; *_FILE names a path to a file that holds one.
+SECRET_NAME = re.compile(r"(PASSWORD|TOKEN|SECRET|SALT)(?!_FILE$)", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -512,7 +513,7 @@ def test_demo_connector_configs_run_on_the_stack(
     config = load_config(DEMO_PIPELINE, environ=environment(svc["dagster-code"]))
     props = read_properties(WORKER_PROPERTIES)
     providers = props["config.providers"].split(",")
-    secrets_dir = volume_target(services(compose)["connect"], "connect-secrets")
+    vault_path = config.connectors.secrets.vault_path
     keys_line = re.search(r'^keys="([^"]+)"', VAULT_INIT.read_text(), re.MULTILINE)
     assert keys_line, f"{VAULT_INIT.name} names no keys"
     written_keys = set(keys_line.group(1).split())
@@ -532,7 +533,7 @@ def test_demo_connector_configs_run_on_the_stack(
         for key, value in options.items():
             for provider, path, secret_key in PROVIDER_REFERENCE.findall(value):
                 assert provider in providers, f"{connector.name}.{key}: provider {provider}"
-                assert str(Path(path).parent) == secrets_dir, f"{connector.name}.{key}: {path}"
+                assert provider == "vault" and path == vault_path, f"{connector.name}.{key}"
                 assert secret_key in written_keys, f"{connector.name}.{key}: key {secret_key}"
         for address in options.get("scylla.cluster.ip.addresses", "").split(","):
             if address:
@@ -555,14 +556,12 @@ def test_connect_worker_configuration(compose: dict[str, Any]) -> None:
     assert props["bootstrap.servers"] == "kafka:19092"
     # The plugins are where the Dockerfile puts them.
     assert f"/plugins {props['plugin.path']}" in CONNECT_DOCKERFILE.read_text()
-    assert "file" in props["config.providers"].split(",")
-    assert (
-        props["config.providers.file.class"]
-        == "org.apache.kafka.common.config.provider.FileConfigProvider"
-    )
-    secrets_dir = volume_target(services(compose)["connect"], "connect-secrets")
-    assert props["config.providers.file.param.allowed.paths"] == secrets_dir
-    assert re.search(r"^#.*Vault config provider", WORKER_PROPERTIES.read_text(), re.MULTILINE)
+    # Secrets are resolved from Vault only, as the local stack does (no file provider).
+    assert props["config.providers"] == "vault"
+    assert props["config.providers.vault.class"] == "io.cdcpipelines.connect.VaultConfigProvider"
+    assert urlsplit(props["config.providers.vault.param.address"]).hostname in services(compose)
+    token_dir = volume_target(services(compose)["connect"], "connect-vault-token")
+    assert str(Path(props["config.providers.vault.param.token.file"]).parent) == token_dir
     # The worker's properties file is the one the image starts with.
     assert (
         "COPY docker/connect/connect-distributed.properties /opt/connect/connect-distributed.properties"
@@ -711,11 +710,25 @@ def test_demo_declaration_loads_and_matches_the_scylla_schema(resolved: dict[str
         for column in table.columns:
             assert f"{column.name} {column.type}" in match.group(1), (table.source, column.name)
     secrets = config.connectors.secrets
-    secrets_dir = volume_target(svc["connect"], "connect-secrets")
-    assert secrets.provider == "file"
-    assert str(Path(secrets.path).parent) == secrets_dir
-    assert volume_target(svc["vault-init"], "connect-secrets") == secrets_dir
-    assert f"{secrets_dir}/postgres.properties" in VAULT_INIT.read_text()
+    assert secrets.provider == "vault"
+    assert secrets.vault_path == "secret/data/cdc/connect"
+    init = VAULT_INIT.read_text()
+    assert 'vault kv put "$secret_path"' in init and "secret/cdc/connect" in init
+    # vault-init writes each service's read-only token where only that service mounts it,
+    # and no secret into any file.
+    for service, volume, token_env in (
+        ("connect", "connect-vault-token", "CONNECT_VAULT_TOKEN_FILE"),
+        ("dagster-code", "dagster-vault-token", "DAGSTER_VAULT_TOKEN_FILE"),
+    ):
+        written = re.search(rf'^\w+="\$\{{{token_env}:-([^}}]+)\}}"', init, re.M)
+        assert written, f"{VAULT_INIT.name} names no {token_env}"
+        init_dir = volume_target(svc["vault-init"], volume)
+        assert str(Path(written.group(1)).parent) == init_dir
+        assert volume_target(svc[service], volume).endswith(("/vault", "/vault:ro"))
+    assert str(Path(env["VAULT_TOKEN_FILE"]).parent) == volume_target(
+        svc["dagster-code"], "dagster-vault-token"
+    )
+    assert "kv get" not in init and "printf '%s=%s" not in init
     sink_url = urlsplit(config.connectors.sink_connection_url.removeprefix("jdbc:"))
     assert (sink_url.hostname, sink_url.path) == ("postgres", "/" + env["CDC_PG_DB"])
 

@@ -311,7 +311,7 @@ CASES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
     ),
     (
         "vault-without-path",
-        "connectors:\n  secrets: {provider: vault}\n" + VALID,
+        "connectors:\n  secrets: {provider: vault, vault_path: ''}\n" + VALID,
         {},
         ("connectors.secrets.vault_path", "provider 'vault' needs"),
     ),

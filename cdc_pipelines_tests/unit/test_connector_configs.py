@@ -84,11 +84,9 @@ def test_source_credentials_are_provider_references() -> None:
         {"U": "app", "P": "hunter2"},
     )
     options = source_connector_config(config).as_dict()
-    assert (
-        options["scylla.user"]
-        == "${file:/etc/kafka-connect/secrets/postgres.properties:scylla.user}"
-    )
-    assert options["scylla.password"].startswith("${file:")
+    # Vault by default: the secrets live there only (the project's VaultConfigProvider).
+    assert options["scylla.user"] == "${vault:secret/data/cdc/connect:scylla.user}"
+    assert options["scylla.password"].startswith("${vault:")
     assert "hunter2" not in json.dumps(options)
 
 
@@ -118,8 +116,8 @@ def test_sink_writes_one_table_with_upserts_and_deletes(example: PipelineConfig)
     assert options["connection.url"] == (
         "jdbc:postgresql://127.0.0.1:5432/cdc?stringtype=unspecified"
     )
-    assert options["connection.username"] == "${file:/secrets/pg.properties:postgres.user}"
-    assert options["connection.password"] == "${file:/secrets/pg.properties:postgres.password}"
+    assert options["connection.username"] == "${vault:secret/data/cdc/connect:postgres.user}"
+    assert options["connection.password"] == ("${vault:secret/data/cdc/connect:postgres.password}")
 
 
 def test_sink_chain_unwraps_stamps_version_drops_and_masks(example: PipelineConfig) -> None:
@@ -167,7 +165,7 @@ def test_masks_split_text_replacement_from_typed_empty_values() -> None:
     assert chain["maskHashed"]["fields"] == "mail,id2"
     assert chain["maskHashed"]["type"] == HASH_FIELDS
     # Under a key the sink task's config log masks (it masks only *secret / *password).
-    assert chain["maskHashed"]["salt.secret"].startswith("${file:")
+    assert chain["maskHashed"]["salt.secret"].startswith("${vault:")
     assert "salt" not in chain["maskHashed"]
     assert chain["maskRedacted"]["fields"] == "note,score,at"
     assert "replacement" not in chain["maskRedacted"]

@@ -61,4 +61,5 @@ def test_stack_env_names_every_connection_variable(tmp_path):
     ):
         assert env[name]
     assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
-    assert env["CDC_CONNECT_SECRETS_FILE"].startswith(str(tmp_path / "state"))
+    assert "CDC_CONNECT_SECRETS_FILE" not in env  # the connectors' secrets are in OpenBao only
+    assert env["CDC_CONNECT_VAULT_PATH"] == "secret/data/cdc/connect"

@@ -16,11 +16,9 @@ def properties(text: str) -> dict[str, str]:
 
 
 def test_the_worker_registers_the_projects_vault_provider_with_a_token_file() -> None:
-    text = configs.connect_worker_properties(
-        Path("/p"), Path("/s"), Path("/state/openbao/connect.token")
-    )
+    text = configs.connect_worker_properties(Path("/p"), Path("/state/openbao/connect.token"))
     worker = properties(text)
-    assert worker["config.providers"] == "vault,file"
+    assert worker["config.providers"] == "vault"  # no file provider: no secret on disk
     assert worker["config.providers.vault.class"] == "io.cdcpipelines.connect.VaultConfigProvider"
     assert worker["config.providers.vault.param.address"] == "http://127.0.0.1:8200"
     assert worker["config.providers.vault.param.token.file"] == "/state/openbao/connect.token"
@@ -56,7 +54,7 @@ def test_up_restarts_a_worker_started_with_another_config_or_plugins(
     layout = StackLayout(state=tmp_path / "state", cache=tmp_path / "cache")
     connect = Connect(layout)
     connect.home.mkdir(parents=True)
-    (connect.home / "worker.properties").write_text("config.providers=vault,file\n")
+    (connect.home / "worker.properties").write_text("config.providers=vault\n")
     jar = layout.plugin_path / "cdc-transforms" / "cdc-transforms-0.1.0.jar"
     jar.parent.mkdir(parents=True)
     jar.write_bytes(b"v1")
@@ -74,6 +72,6 @@ def test_up_restarts_a_worker_started_with_another_config_or_plugins(
     connect.ready_check()
     assert len(stopped) == 2
     connect.started_with_file.write_text(connect.config_digest() + "\n")
-    (connect.home / "worker.properties").write_text("config.providers=file\n")
+    (connect.home / "worker.properties").write_text("config.providers=vault,env\n")
     connect.ready_check()
     assert len(stopped) == 3

@@ -84,13 +84,13 @@ def test_the_salt_comes_from_connects_properties_file(tmp_path: Path) -> None:
 
 
 def test_a_missing_salt_names_the_file_and_the_fix(tmp_path: Path) -> None:
-    absent = SecretsConfig(path=str(tmp_path / "nowhere.properties"))
+    absent = SecretsConfig(provider="file", path=str(tmp_path / "nowhere.properties"))
     with pytest.raises(ConfigError, match=r"nowhere\.properties.*CDC_CONNECT_SECRETS_FILE"):
         read_mask_salt(absent)
     present = tmp_path / "other.properties"
     present.write_text("postgres.user=cdc\n")
     with pytest.raises(ConfigError, match=r"no 'mask\.salt' entry"):
-        read_mask_salt(SecretsConfig(path=str(present)))
+        read_mask_salt(SecretsConfig(provider="file", path=str(present)))
     table = resolve(parse_config(DECLARATION.format(path=present)), "shop.customers")
     with pytest.raises(ConfigError, match="hashed, but the salt was not loaded"):
         mask_row(table.spec, ["email"], ["x"], None)
@@ -114,7 +114,7 @@ def test_an_empty_or_unresolved_salt_is_refused(tmp_path: Path, line: str, reaso
     with pytest.raises(
         ConfigError, match=rf"mask salt 'mask\.salt' in .*postgres\.properties {reason}"
     ):
-        read_mask_salt(SecretsConfig(path=str(secrets)))
+        read_mask_salt(SecretsConfig(provider="file", path=str(secrets)))
     table = resolve(parse_config(DECLARATION.format(path=secrets)), "shop.customers")
     with pytest.raises(ConfigError, match=reason):
         with_mask_salt(table)
@@ -136,7 +136,7 @@ def test_a_malformed_secrets_file_is_a_configuration_error_without_its_values(
     secrets = tmp_path / "postgres.properties"
     secrets.write_bytes(content)
     with pytest.raises(ConfigError, match=reason) as raised:
-        read_mask_salt(SecretsConfig(path=str(secrets)))
+        read_mask_salt(SecretsConfig(provider="file", path=str(secrets)))
     assert "s3cr3t" not in str(raised.value)
 
 

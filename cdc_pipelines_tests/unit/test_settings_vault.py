@@ -7,7 +7,13 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc_pipelines.errors import ConfigError, ServiceError
-from cdc_pipelines.settings import ConnectionSettings, dsn_with_login, required_key
+from cdc_pipelines.settings import (
+    VAULT_TOKEN_FILE_ENV,
+    ConnectionSettings,
+    dsn_with_login,
+    required_key,
+    vault_client,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,3 +66,19 @@ def test_without_a_vault_path_the_dsn_is_used_as_given() -> None:
     assert settings.postgres_dsn == "postgresql://a:b@h/d"
     assert settings.vault_secret_path is None and settings.scylla_username is None
     assert "a:b@" not in repr(settings)
+
+
+def test_a_token_file_logs_in_and_a_bad_one_names_the_file(tmp_path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s.file-token\n")
+    client = vault_client("http://127.0.0.1:1", "secret/cdc/x", {VAULT_TOKEN_FILE_ENV: str(token)})
+    assert client.token == "s.file-token"
+    token.write_text("  \n")
+    with pytest.raises(ConfigError, match=rf"{VAULT_TOKEN_FILE_ENV}=.*token is empty"):
+        vault_client("http://127.0.0.1:1", "secret/cdc/x", {VAULT_TOKEN_FILE_ENV: str(token)})
+    absent = str(tmp_path / "absent")
+    with pytest.raises(ConfigError, match=r"absent cannot be read \(FileNotFoundError\)"):
+        vault_client("http://127.0.0.1:1", "secret/cdc/x", {VAULT_TOKEN_FILE_ENV: absent})
+    # VAULT_TOKEN wins over the file.
+    both = {"VAULT_TOKEN": "s.env", VAULT_TOKEN_FILE_ENV: absent}
+    assert vault_client("http://127.0.0.1:1", "secret/cdc/x", both).token == "s.env"
