@@ -86,21 +86,33 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"table": table.source, **result.to_dict()}, indent=2))
     else:
         print_summary(table.source, result.summary)
+    skipped = (
+        f"; {result.superseded} skipped: a newer change of their key is in the topic, and the "
+        "sink would let the older one overwrite it"
+        if result.superseded
+        else ""
+    )
     if args.apply:
-        say(f"{table.source}: replayed {result.replayed} dead letter(s) to {table.topic}")
+        say(f"{table.source}: replayed {result.replayed} dead letter(s) to {table.topic}{skipped}")
         if result.replayed:
-            # The sink upserts without a version guard: a replayed letter may be older than a
-            # change it applied meanwhile, or bring back a row deleted since. Reconciliation
-            # with repair settles both from the source.
+            # The sink upserts without a version guard; the replay skipped letters a newer
+            # change had replaced when it looked, but one written since (or a letter without
+            # its change's position) is settled only from the source.
+            unchecked = (
+                f" ({result.unguarded} carried no position of their change and were replayed "
+                "unchecked)"
+                if result.unguarded
+                else ""
+            )
             say(
                 f"{table.source}: once the sink has applied them, run 'cdc-pipelines "
-                f"reconcile {table.source} --repair': a replayed change older than one applied "
-                "meanwhile, or a row deleted since, is settled from the source"
+                f"reconcile {table.source} --repair' to settle any change written while the "
+                f"replay ran{unchecked}"
             )
     else:
         say(
-            f"{table.source}: {result.summary.count} dead letter(s) would be replayed to "
-            f"{table.topic} (dry run; publish with --apply)"
+            f"{table.source}: {result.to_replay} dead letter(s) would be replayed to "
+            f"{table.topic}{skipped} (dry run; publish with --apply)"
         )
     return EXIT_OK
 

@@ -6,7 +6,9 @@ table's topic. :func:`summarize` groups them by the failure Connect recorded in 
 headers (stage, the class that ran, exception class and message).
 
 A replay re-publishes them to the table's topic with their key, value and headers (the
-``__connect.errors.*`` ones dropped, a :data:`REPLAY_HEADER` marker added), in DLQ offset
+``__connect.errors.*`` ones dropped, a :data:`REPLAY_HEADER` marker and the change's
+position in the topic added), skipping a letter whose key the topic holds a newer change of
+(``kafka.replay_guard``: the sink would let the older change overwrite it), in DLQ offset
 order through an idempotent producer that places keys like Kafka's Java producer (murmur2),
 so every change of a key lands in one partition in its original order. How far a table
 was replayed is the committed offset of its own consumer group on the DLQ topics
@@ -48,6 +50,7 @@ from cdc_pipelines.kafka.dlq import (
     PartitionRange,
 )
 from cdc_pipelines.kafka.lag_sampler import LIBRDKAFKA_LOG
+from cdc_pipelines.kafka.replay_guard import ORIGIN_HEADER, Position, newest_changes, origin_of
 
 DEFAULT_TIMEOUT_S = 10.0
 ERROR_HEADER_PREFIX = "__connect.errors."
@@ -107,16 +110,26 @@ class DeadLetter:
         """It carries a replay marker: it failed again after an earlier replay."""
         return any(key == REPLAY_HEADER for key, _ in self.headers)
 
+    @property
+    def origin(self) -> Position | None:
+        """Where its change sat in the table's topic (None: Connect recorded no context)."""
+        return origin_of(self.headers)
+
     def replay_headers(self) -> list[tuple[str, str | bytes | None]]:
         """The original headers without Connect's error context and earlier replay markers,
-        plus a marker naming where this record was replayed from."""
+        plus a marker naming where this record was replayed from and its change's origin."""
         kept: list[tuple[str, str | bytes | None]] = [
             (key, value)
             for key, value in self.headers
-            if not key.startswith(ERROR_HEADER_PREFIX) and key != REPLAY_HEADER
+            if not key.startswith(ERROR_HEADER_PREFIX) and key not in (REPLAY_HEADER, ORIGIN_HEADER)
         ]
         marker = f"{self.topic}/{self.partition}/{self.offset}".encode()
-        return [*kept, (REPLAY_HEADER, marker)]
+        origin = self.origin
+        return [
+            *kept,
+            (REPLAY_HEADER, marker),
+            *([(ORIGIN_HEADER, origin.encode())] if origin is not None else []),
+        ]
 
     def key_text(self) -> str:
         return key_text(self.key)
@@ -290,12 +303,21 @@ class ReplayResult:
     applied: bool
     replayed: int
     committed: Mapping[PartitionKey, int]
+    superseded: int = 0  # skipped: the topic holds a newer change of the key
+    unguarded: int = 0  # without the position of their change: replayed unchecked
+
+    @property
+    def to_replay(self) -> int:
+        """The letters a replay publishes (a dry run's count of what it would)."""
+        return self.summary.count - self.superseded
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.summary.to_dict(),
             "applied": self.applied,
             "replayed": self.replayed,
+            "superseded": self.superseded,
+            "unguarded": self.unguarded,
             "committed": {f"{t}[{p}]": o for (t, p), o in sorted(self.committed.items())},
         }
 
@@ -366,13 +388,15 @@ class TableDeadLetters:
 
     def replay(self, apply: bool = False, progress: Progress | None = None) -> ReplayResult:
         """The dead letters past the table's replay offsets: summarised, and with ``apply``
-        re-published to the table's topic, committing the offsets chunk by chunk."""
+        re-published to the table's topic, committing the offsets chunk by chunk. A letter
+        whose key has a newer change in the topic is skipped (superseded), dry run or not."""
         snapshot = self.snapshot()
         self._failures = []
         consumer = self._consumer()
         producer = self._producer() if apply else None
         builder = SummaryBuilder()
         committed_now: dict[PartitionKey, int] = {}
+        superseded = unguarded = replayed = 0
         try:
             if producer is not None:
                 self._check_topic(consumer)
@@ -381,14 +405,22 @@ class TableDeadLetters:
                 key: PartitionRange(max(committed.get(key, r.start), r.start), r.end)
                 for key, r in snapshot.partitions.items()
             }
+            newest = self._newest_changes(consumer, ranges)
             total = sum(r.depth for r in ranges.values())
             unsent: dict[PartitionKey, int] = {}
             chunk = 0
             for read, letter in enumerate(self._in_topic_order(consumer, ranges), start=1):
                 if belongs_to(letter, self.topic, self.dlq_topic):
                     builder.add(letter)
-                    if producer is not None:
+                    origin = letter.origin
+                    unguarded += origin is None
+                    if origin is not None and (
+                        newest.get((origin.partition, letter.key), -1) > origin.offset
+                    ):
+                        superseded += 1
+                    elif producer is not None:
                         self._produce(producer, letter)
+                        replayed += 1
                         chunk += 1
                 unsent[(letter.topic, letter.partition)] = letter.offset + 1
                 if producer is not None and chunk >= REPLAY_CHUNK:
@@ -401,7 +433,20 @@ class TableDeadLetters:
         finally:
             consumer.close()
         summary = builder.build(sorted(snapshot.topics()))
-        return ReplayResult(summary, apply, summary.count if apply else 0, committed_now)
+        return ReplayResult(summary, apply, replayed, committed_now, superseded, unguarded)
+
+    def _newest_changes(
+        self, consumer: Consumer, ranges: Mapping[PartitionKey, PartitionRange]
+    ) -> dict[tuple[int, bytes | None], int]:
+        """The latest position in the table's topic of every key the letters in ``ranges``
+        change, looked for from the oldest letter's change of each partition on."""
+        wanted: dict[int, dict[bytes | None, int]] = {}
+        for letter in self._in_topic_order(consumer, ranges):
+            origin = letter.origin
+            if origin is not None and belongs_to(letter, self.topic, self.dlq_topic):
+                keys = wanted.setdefault(origin.partition, {})
+                keys[letter.key] = min(keys.get(letter.key, origin.offset), origin.offset)
+        return newest_changes(self.bootstrap_servers, self.topic, wanted, self.timeout_s)
 
     # -- Kafka clients -------------------------------------------------------------------
 

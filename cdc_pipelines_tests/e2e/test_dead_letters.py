@@ -140,6 +140,9 @@ def test_dead_letters_are_inspected_and_replayed_once_the_cause_is_fixed(
     assert code == 0
     dry = json.loads(out)
     assert (dry["applied"], dry["replayed"], dry["count"]) == (False, 0, 4)
+    # Row 2's insert is superseded by its update, dead-lettered after it.
+    assert (dry["superseded"], dry["unguarded"]) == (1, 0)
+    assert "3 dead letter(s) would be replayed" in err and "1 skipped" in err
     assert "dry run" in err
 
     # The fix: deploy the declared config, and wait for the task it restarts, so the
@@ -149,23 +152,37 @@ def test_dead_letters_are_inspected_and_replayed_once_the_cause_is_fixed(
     sink_member(kafka_bootstrap, sink.name, other_than=broken_member)
     source.upsert([row(4)], now_us())
     source.flush()
-    wait_for(postgres_dsn, unique_name, lambda got: set(got) == {4}, client, sink.name)
-
-    code, out, err = cli(capsys, "dlq", "replay", name, "--config", path, "--apply")
-    assert code == 0, err
-    assert f"replayed 4 dead letter(s) to {config.topic_for(table)}" in err
-    assert f"reconcile {name} --repair" in err  # the sink has no version guard
-    assert "4 dead letter(s)" in out and "TRANSFORMATION" in out
-    landed = wait_for(
+    # Changes newer than the letters, applied by the fixed sink: row 3 updated, row 1 deleted.
+    later = now_us()
+    source.upsert([row(3, c_text="newer")], later, op="u")
+    first = row(1)
+    source.delete([{k: first[k] for k in ("id", "region", "order")}], later + 10)
+    source.flush()
+    wait_for(
         postgres_dsn,
         unique_name,
-        lambda got: set(got) == {1, 2, 3, 4} and got[2]["c_text"] == "second",
+        lambda got: set(got) == {3, 4} and got[3]["c_text"] == "newer",
         client,
         sink.name,
     )
-    # Per-key order kept: row 2's update was replayed after its insert.
+
+    code, out, err = cli(capsys, "dlq", "replay", name, "--config", path, "--apply", "--json")
+    assert code == 0, err
+    applied = json.loads(out)
+    # Only row 2's update is replayed: rows 1 and 3 and row 2's insert have newer changes,
+    # which the sink would let the older letters overwrite (row 1 would come back).
+    assert (applied["replayed"], applied["superseded"], applied["count"]) == (1, 3, 4)
+    assert f"replayed 1 dead letter(s) to {config.topic_for(table)}; 3 skipped" in err
+    assert f"reconcile {name} --repair" in err
+    landed = wait_for(
+        postgres_dsn,
+        unique_name,
+        lambda got: set(got) == {2, 3, 4} and got[2]["c_text"] == "second",
+        client,
+        sink.name,
+    )
     assert landed[2]["_cdc_version_us"] == t0 + 100
-    assert landed[1]["_cdc_version_us"] == t0
+    assert (landed[3]["c_text"], landed[3]["_cdc_version_us"]) == ("newer", later)
 
     code, out, err = cli(capsys, "dlq", "replay", name, "--config", path, "--apply", "--json")
     assert code == 0, err
