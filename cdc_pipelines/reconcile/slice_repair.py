@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +25,6 @@ from cdc_pipelines.reconcile.repair_step import (
     PlannedChunk,
     Repairer,
     RepairSettings,
-    apply_planned,
     plan_chunk,
     plan_verified_repair,
     take_back,
@@ -128,27 +128,59 @@ def apply_slice(
 ) -> int:
     """Apply a slice's checked plans in order; returns the rows taken back after a source
     delete. A chunk verified by a scan is checked at the source right after it commits, by
-    one scan of its token span; the other chunks' keys once for the slice, after all of them
-    (and after a failing chunk, what did commit). Each plan's file is removed once applied."""
+    one scan of its token span, while the next chunk is applied (the check reads ScyllaDB,
+    the apply writes PostgreSQL); the other chunks' keys once for the slice, after all of
+    them (and after a failing chunk, what did commit). Each plan's file is removed once
+    applied."""
     undone = 0
     pending: list[tuple[Key, int]] = []
-    try:
-        for path in planned.plans:
-            chunk: PlannedChunk = pickle.loads(path.read_bytes())
-            if chunk.span is not None:
-                done = apply_planned(table, chunk, repairer, verifier.presence_in(chunk.span))
-                undone += done.undone if done else 0
-            elif not chunk.plan.is_empty:
-                # Before the apply: its batches commit one by one, and a key a failing chunk
-                # already wrote must be checked too.
-                pending.extend(chunk.written)
-                repairer.apply(chunk.plan)
-            path.unlink()
-    except BaseException:
-        with contextlib.suppress(CdcPipelinesError):
-            take_back(table, pending, repairer, presence)
-        raise
+    checking: _SpanCheck | None = None
+    verifier.connect_source()  # before the check thread shares the session
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="take-back") as checker:
+        try:
+            for path in planned.plans:
+                chunk: PlannedChunk = pickle.loads(path.read_bytes())
+                if chunk.span is not None and not chunk.plan.is_empty:
+                    check = verifier.presence_in(chunk.span)
+                    try:
+                        repairer.apply(chunk.plan)
+                    except BaseException:
+                        # Its batches commit one by one: what did commit is still checked.
+                        with contextlib.suppress(CdcPipelinesError):
+                            take_back(table, chunk.written, repairer, check)
+                        raise
+                    if checking is not None:
+                        undone += checking.settle(table, repairer)
+                    keys = [key for key, _ in chunk.written]
+                    checking = _SpanCheck(chunk.written, checker.submit(check, keys))
+                elif not chunk.plan.is_empty:
+                    # Before the apply: its batches commit one by one, and a key a failing
+                    # chunk already wrote must be checked too.
+                    pending.extend(chunk.written)
+                    repairer.apply(chunk.plan)
+                path.unlink()
+        except BaseException:
+            with contextlib.suppress(CdcPipelinesError):
+                if checking is not None:
+                    checking.settle(table, repairer)
+                take_back(table, pending, repairer, presence)
+            raise
+        if checking is not None:
+            undone += checking.settle(table, repairer)
     return undone + take_back(table, pending, repairer, presence)
+
+
+@dataclass(frozen=True)
+class _SpanCheck:
+    """A committed chunk's written keys and the running check of which the source still has."""
+
+    written: tuple[tuple[Key, int], ...]
+    present: Future[list[bool]]
+
+    def settle(self, table: ReplicatedTable, repairer: Repairer) -> int:
+        """Take back the keys the check found gone (see :func:`take_back`)."""
+        found = self.present.result()
+        return take_back(table, self.written, repairer, lambda _keys: found)
 
 
 @dataclass(frozen=True)

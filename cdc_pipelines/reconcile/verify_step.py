@@ -291,6 +291,10 @@ class CandidateVerifier:
             self.catch_up = self._wait_for_sink()
         return self.catch_up
 
+    def connect_source(self) -> None:
+        """Open the CQL session now: before threads share it (it is thread-safe once open)."""
+        self._cql()
+
     def _cql(self) -> Any:
         if self._session is None:
             self._session = self._stack.enter_context(cql_session(self.settings, self.table.scylla))
