@@ -80,6 +80,8 @@ def reconcile_slice(
     layout = ScratchLayout(scratch, table.source)
     outcome = diff_table_slice(table, slice_id, settings, layout)
     verification = verify_slice(table, slice_id, settings, layout)
+    if outcome.whole:  # loaded whole: the counts are its scan's, known only now
+        outcome = SliceOutcome.read(layout.slice_result(slice_id))
     return SliceVerdict(
         outcome=outcome,
         tally=verification.tally,

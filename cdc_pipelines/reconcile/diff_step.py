@@ -24,8 +24,9 @@ from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, write_candidates
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import slice_by_id
+from cdc_pipelines.ring.slices import TokenSlice, slice_by_id
 from cdc_pipelines.rows.canonical import CanonicalSchema
+from cdc_pipelines.scylla.key_reads import count_rows, range_matchable
 from cdc_pipelines.scylla.reader import read_slice
 from cdc_pipelines.scylla.session import cql_session, is_connection_failure
 from cdc_pipelines.settings import ConnectionSettings
@@ -57,10 +58,18 @@ class SliceOutcome:
     mismatched: int
     duration_s: float
     candidates_path: str
+    # A slice to load (see loads_whole): not diffed; verification reads every source row,
+    # and the counts above are those of its scan once it ran.
+    whole: bool = False
 
     @property
     def candidates(self) -> int:
         return self.missing + self.extra + self.mismatched
+
+    @property
+    def to_verify(self) -> bool:
+        """Whether verification has anything to do for this slice."""
+        return self.whole or self.candidates > 0
 
     @property
     def rows_per_s(self) -> float:
@@ -103,6 +112,18 @@ def diff_candidates(result: DiffResult, schema: CanonicalSchema) -> pa.Table:
         ).append_column(DIFFERING_COLUMN, differing)
     )
     return pa.concat_tables(parts)
+
+
+def no_candidates(schema: CanonicalSchema) -> pa.Table:
+    """An empty candidates table, with the columns :func:`diff_candidates` gives."""
+    fields = [schema.arrow_schema.field(c.name) for c in schema.key_columns]
+    return pa.table(
+        {
+            **{f.name: pa.array([], f.type) for f in fields},
+            KIND_COLUMN: pa.array([], pa.string()),
+            DIFFERING_COLUMN: pa.array([], pa.list_(pa.string())),
+        }
+    )
 
 
 def read_source_slice(
@@ -165,6 +186,26 @@ def read_source_slice(
     )
 
 
+LOAD_SHARE = 0.1
+"""A slice whose target holds less than this share of its source rows is loaded whole: one
+scan after the sink's catch-up verifies every row, instead of a diff scan and a re-scan."""
+LOAD_SAMPLE_PARTS = 32
+"""The source rows of a slice are estimated from a count of one of this many parts of it."""
+
+
+def loads_whole(
+    table: ReplicatedTable, token_slice: TokenSlice, target_rows: int, session: Session
+) -> bool:
+    """Whether the slice is to be loaded whole: its target holds under :data:`LOAD_SHARE` of
+    the source rows estimated from one counted part (tokens are hashed, so parts hold
+    alike shares), and its keys can be matched between a scan and a key."""
+    if not range_matchable(table.spec):
+        return False
+    sample = token_slice.sub_ranges(LOAD_SAMPLE_PARTS)[0]
+    estimated = count_rows(session, table, sample) * LOAD_SAMPLE_PARTS
+    return target_rows < LOAD_SHARE * estimated
+
+
 @owner_only
 def diff_table_slice(
     table: ReplicatedTable,
@@ -178,10 +219,29 @@ def diff_table_slice(
     table = with_mask_salt(table)
     schema = table.canonical
     token_slice = slice_by_id(slice_id, table.slices)
-    source = read_source_slice(table, slice_id, settings, on_rows)
     target = read_slice_index(layout.index_dir, slice_id, schema)
-    result = diff_slice(source, target, schema, table.tolerances)
     candidates_path = layout.candidates(slice_id)
+    with cql_session(settings, table.scylla) as session:
+        whole = loads_whole(table, token_slice, target.num_rows, session)
+    if whole:
+        write_candidates(candidates_path, no_candidates(schema))
+        outcome = SliceOutcome(
+            table=table.source,
+            slice_id=slice_id,
+            token_range=f"({token_slice.start}, {token_slice.end}]",
+            source_rows=0,
+            target_rows=target.num_rows,
+            missing=0,
+            extra=0,
+            mismatched=0,
+            duration_s=round(time.monotonic() - started, 3),
+            candidates_path=str(candidates_path),
+            whole=True,
+        )
+        layout.slice_result(slice_id).write_text(json.dumps(asdict(outcome), indent=2))
+        return outcome
+    source = read_source_slice(table, slice_id, settings, on_rows)
+    result = diff_slice(source, target, schema, table.tolerances)
     write_candidates(candidates_path, diff_candidates(result, schema))
     outcome = SliceOutcome(
         table=table.source,

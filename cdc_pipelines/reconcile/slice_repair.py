@@ -9,16 +9,18 @@ two, so on both paths memory follows the chunk (``VERIFY_CHUNK`` keys), not the 
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
 from cdc_pipelines.postgres.repair import RepairOutcome, new_run_id, render_script
+from cdc_pipelines.postgres.target_index import read_slice_index
 from cdc_pipelines.reconcile.diff_step import SliceOutcome
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.repair_step import (
@@ -40,7 +42,7 @@ from cdc_pipelines.reconcile.verify_step import (
 )
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id
-from cdc_pipelines.rows.keys import Key
+from cdc_pipelines.rows.keys import Key, driver_keys
 from cdc_pipelines.settings import ConnectionSettings
 
 
@@ -72,6 +74,7 @@ class SlicePlanned:
     script: Path | None  # the dry-run script, when asked for
     writes: int = 0  # rows the plans upsert or insert
     deletes: int = 0  # rows the plans delete
+    outcome: SliceOutcome | None = None  # a slice loaded whole: its counts, from its scan
 
 
 @owner_only
@@ -81,7 +84,6 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     ``job.repairing``, to a scratch file for the repair. Runs in a slice worker process."""
     table, outcome, layout, run_id = job.table, job.outcome, job.layout, job.run_id
     token_slice = slice_by_id(outcome.slice_id, table.slices)
-    candidates = read_candidates(Path(outcome.candidates_path))
     spill = layout.planned_chunks(run_id)
     tally, plans, writes, deletes = Tally(), [], 0, 0
     with ExitStack() as stack:
@@ -95,7 +97,13 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
         if job.script is not None:
             job.script.parent.mkdir(parents=True, exist_ok=True)
             script = stack.enter_context(job.script.open("w"))
-        chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
+        if outcome.whole:
+            index = read_slice_index(layout.index_dir, outcome.slice_id, table.canonical)
+            index_keys = driver_keys(index, table.canonical)
+            chunks = verifier.verify_whole_slice(token_slice, index_keys)
+        else:
+            candidates = read_candidates(Path(outcome.candidates_path))
+            chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
         for number, verification in enumerate(chunks):
             tally += Tally.of(verification)
             if confirmed is not None:
@@ -116,7 +124,16 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
                 plans.append(path)
         if script is not None and not writes + deletes:  # says there is nothing to repair
             script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
-    return SlicePlanned(outcome.slice_id, tally, tuple(plans), job.script, writes, deletes)
+    loaded = None
+    if outcome.whole:
+        loaded = replace(
+            outcome,
+            source_rows=verifier.scanned,
+            missing=verifier.scanned - verifier.scanned_in_index,
+            extra=len(index_keys) - verifier.scanned_in_index,
+        )
+        layout.slice_result(outcome.slice_id).write_text(json.dumps(asdict(loaded), indent=2))
+    return SlicePlanned(outcome.slice_id, tally, tuple(plans), job.script, writes, deletes, loaded)
 
 
 def apply_slice(
@@ -233,7 +250,7 @@ def _slice_job(
     script: Path | None = None,
 ) -> SliceJob:
     """The slice's job for :func:`verify_and_plan_slice`, once the sink is waited for."""
-    if outcome.candidates:
+    if outcome.to_verify:
         verifier.wait_for_sink()
     return SliceJob(
         table,

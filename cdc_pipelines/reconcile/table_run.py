@@ -159,11 +159,15 @@ def run_reconciliation(
         report.source_rows += outcome.source_rows
         report.target_rows += outcome.target_rows
         report.slices.append(asdict(outcome))
-    progress.phase(f"{table.source}: verifying {sum(o.candidates for o in outcomes)} candidate(s)")
+    loading = sum(o.whole for o in outcomes)
+    loads = f"loading {loading} slice(s) whose target lacks most rows, " if loading else ""
+    progress.phase(
+        f"{table.source}: {loads}verifying {sum(o.candidates for o in outcomes)} candidate(s)"
+    )
     report.run_id = new_run_id()
     report.discrepancies_path = str(layout.discrepancies(report.run_id))
     with CandidateVerifier(table, settings, scan, options.wait) as verifier:
-        if any(o.candidates for o in outcomes):
+        if any(o.to_verify for o in outcomes):
             verifier.wait_for_sink()
         repairing = options.repair and (verifier.confirmed or options.repair_unconfirmed)
         if repairing:
@@ -218,7 +222,7 @@ def _verify_and_act(
             verdicts=layout.discrepancy_part(run_id, o.slice_id),
         )
         for o in outcomes
-        if o.candidates
+        if o.to_verify
     ]
     if not jobs:  # the dataset is there, empty, for whoever reads it
         with ConfirmedWriter(layout.discrepancy_part(run_id, "none")):
@@ -230,6 +234,12 @@ def _verify_and_act(
         raise
     for planned in slices:
         report.add_verdicts(planned.tally)
+        if planned.outcome is not None:  # loaded whole: its rows are known now
+            report.source_rows += planned.outcome.source_rows
+            report.slices = [
+                asdict(planned.outcome) if s["slice_id"] == planned.slice_id else s
+                for s in report.slices
+            ]
     spill = layout.planned_chunks(run_id)
     if not repairing:
         report.dry_run_sql_path = str(layout.repair_script(run_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice
 from cdc_pipelines.ring.tokens import table_tokens
 from cdc_pipelines.rows.keys import Key, driver_keys, key_identity
+from cdc_pipelines.rows.layout import upsert_layout
 from cdc_pipelines.scylla.key_reads import (
     SourceRange,
     SourceRow,
@@ -47,6 +48,7 @@ from cdc_pipelines.scylla.key_reads import (
     matched_key,
     range_matchable,
     read_source_rows,
+    scan_rows,
 )
 from cdc_pipelines.scylla.session import cql_session
 from cdc_pipelines.settings import ConnectionSettings
@@ -57,6 +59,7 @@ DEFAULT_SETTLE_SECONDS = 5.0
 # the scan at 35-45% of a slice's rows, keys read one by one far earlier.
 RESCAN_SHARE = 0.3
 RESCAN_RANGES = 16  # sub-ranges of the slice scanned concurrently
+WHOLE_SLICE_RANGES = 64  # sub-ranges of a slice to load: memory follows a few of them
 DEFAULT_VERIFY_TIMEOUT_S = 120.0
 NOTHING_VERIFIED = VerificationResult((), (), ())
 Presence = Callable[[Sequence[Key]], list[bool]]
@@ -135,6 +138,7 @@ class CandidateVerifier:
         self._session: Any = None
         self._conn: psycopg.Connection[Any] | None = None
         self.span: TokenRange | None = None  # the token span of the chunk being verified
+        self.scanned = self.scanned_in_index = 0  # by verify_whole_slice
 
     def __enter__(self) -> CandidateVerifier:
         return self
@@ -219,6 +223,76 @@ class CandidateVerifier:
             self.span = span
             yield from self._verify(keyed[start : start + VERIFY_CHUNK], scanned.read)
         self.span = None
+
+    def verify_whole_slice(
+        self, token_slice: TokenSlice, index_keys: Sequence[Key] = ()
+    ) -> Iterator[VerificationResult]:
+        """Verdicts on every source row of a slice to load: one whose target index held few
+        of its rows (``index_keys``, see ``diff_step.loads_whole``), so no diff ran.
+
+        Once the sink has caught up, the slice is scanned in token order and cut into chunks
+        of about :data:`VERIFY_CHUNK` rows at partition boundaries; each chunk's rows are
+        its source re-read (their versions decide, as a re-scan's do) and its keys are
+        re-read from the target, so memory follows the chunk. The keys of ``index_keys``
+        found equal are left out of the verdicts (the diff would not have flagged them);
+        those the scan did not find are verified last, key by key, as extra candidates.
+        The chunk's span is in :attr:`span` while its verdicts are used; the rows scanned
+        and the index keys among them are in :attr:`scanned` and :attr:`scanned_in_index`.
+        """
+        table = self.table
+        self.span, self.scanned, self.scanned_in_index = None, 0, 0
+        self.wait_for_sink()
+        types = key_types(table.spec)
+        indexed = {matched_key(table.spec, key, types): key for key in index_keys}
+        layout = upsert_layout(table.spec, table.version_column)
+        key_positions = [layout.index(name) for name in table.spec.primary_key]
+        start, batch = token_slice.start, list[tuple[int, SourceRow]]()
+
+        def verify(batch: list[tuple[int, SourceRow]], end: int) -> Iterator[VerificationResult]:
+            keys = [tuple([r.values[p] for p in key_positions]) for _, r in batch]
+            rows = {key_identity(k): r for k, (_, r) in zip(keys, batch, strict=True)}
+            known: set[object] = set()
+            if indexed:  # keys the target index held: agreeing ones are no discrepancy
+                for key in keys:
+                    if indexed.pop(matched_key(table.spec, key, types), None) is not None:
+                        known.add(key_identity(key))
+            self.scanned += len(keys)
+            self.scanned_in_index += len(known)
+            self.span = TokenRange(start, end)
+            for result in verify_in_chunks(
+                table,
+                [Candidate(k, CandidateKind.MISSING) for k in keys],
+                cutoff_us=self.scan.cutoff_us,
+                read_source=lambda wanted: [rows.get(key_identity(k)) for k in wanted],
+                read_target=self.read_target,
+                catch_up=self.catch_up,
+                chunk_size=max(1, len(keys)),
+                confirm_absent=self.confirm_absent,
+                recheck=self.read_source,
+            ):
+                agreed = [k for k in result.resolved if key_identity(k) in known]
+                yield (
+                    replace(
+                        result,
+                        resolved=tuple(k for k in result.resolved if key_identity(k) not in known),
+                    )
+                    if agreed
+                    else result
+                )
+
+        ranges = token_slice.sub_ranges(WHOLE_SLICE_RANGES)
+        for token, row in scan_rows(self._cql(), table, ranges):
+            if len(batch) >= VERIFY_CHUNK and token != batch[-1][0]:
+                end = batch[-1][0]
+                yield from verify(batch, end)
+                start, batch = end, []
+            batch.append((token, row))
+        if batch:
+            yield from verify(batch, token_slice.end)
+        self.span = None
+        if indexed:  # in the target index, not found by the scan: extra, or gone since
+            extra = [Candidate(key, CandidateKind.EXTRA) for key in indexed.values()]
+            yield from self._verify(extra, self.read_source)
 
     def _verify(
         self, keyed: list[Candidate], read_source: Callable[[Sequence[Key]], list[SourceRow | None]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,12 +134,25 @@ def cql_key_value(value: object) -> object:
     return value
 
 
+def _whole_ms(value: dt.datetime) -> dt.datetime:
+    """A driver timestamp on the millisecond it stands for: CQL stores milliseconds, and the
+    driver's float arithmetic lands a few µs off them far from 1970."""
+    micros = _micros(value)
+    if micros % MS == 0:
+        return value
+    try:
+        return value + dt.timedelta(microseconds=(micros + MS // 2) // MS * MS - micros)
+    except OverflowError:  # within a millisecond of the end of datetime's range
+        return value
+
+
 def _aware(value: object, cql: CqlType) -> object:
-    """The driver's naive timestamps are UTC; repair requires them aware."""
+    """The driver's naive timestamps are UTC; repair requires them aware (and exact)."""
     if value is None:
         return None
-    if cql.name == "timestamp" and isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
+    if cql.name == "timestamp" and isinstance(value, dt.datetime):
+        exact = _whole_ms(value)
+        return exact if exact.tzinfo is not None else exact.replace(tzinfo=dt.UTC)
     if cql.name in ("list", "set") and cql.params[0].name == "timestamp":
         return [_aware(v, cql.params[0]) for v in value]  # type: ignore[attr-defined]
     return value
@@ -213,6 +226,7 @@ class _Statements:
         ]
         # CQL has no composition library: every name is quoted by quote_cql, every value bound.
         relation = f"{quote_cql(table.keyspace)}.{quote_cql(table.table)}"
+        self.selected, self.relation = selected, relation
         self.select = f"SELECT {', '.join(selected)} FROM {relation} WHERE "
         self.positions = {c.name: i for i, c in enumerate(self.columns)}
         # Only timestamps (alone or in a list or set) differ from the driver's values.
@@ -408,9 +422,13 @@ class SourceRange:
         self._found: dict[tuple[object, ...], object] = {}
         try:
             outcomes = _execute(session, scan, cql_token_bounds(ranges), concurrency)
+            plain = _plain_key_types(self._types) is not None
             for outcome in outcomes:
                 for found in outcome.result_or_exc:
                     values = _row_values(found)
+                    if plain:  # the driver's values are their own match
+                        self._found[tuple([values[p] for p in positions])] = found
+                        continue
                     try:
                         key = tuple(
                             match_value(_aware(values[p], cql), cql, returned=True)
@@ -463,9 +481,13 @@ def existing_keys(
         f"WHERE token({partition}) > ? AND token({partition}) <= ?"
     )
     found: set[tuple[object, ...]] = set()
+    plain = _plain_key_types(types)
     try:
         bounds = cql_token_bounds(ranges)
         for outcome in _execute(session, scan, bounds, concurrency, consistency):
+            if plain is not None:  # the driver's values are their own match
+                found.update(tuple(row) for row in outcome.result_or_exc)
+                continue
             for row in outcome.result_or_exc:
                 values = _row_values(row)
                 try:
@@ -495,10 +517,96 @@ def matched_key(
 ) -> tuple[object, ...] | None:
     """``key`` as a scan's rows are matched (None: it cannot be matched exactly); pass the
     table's ``key_types`` when matching many keys."""
+    types = types or key_types(table)
+    plain = _plain_key_types(types)
+    if plain is not None and all(type(v) is t for v, t in zip(key, plain, strict=True)):
+        return tuple(key)
     try:
-        return tuple(
-            match_value(cql_key_value(v), cql)
-            for v, cql in zip(key, types or key_types(table), strict=True)
-        )
+        return tuple(match_value(cql_key_value(v), cql) for v, cql in zip(key, types, strict=True))
     except NotExact:
         return None
+
+
+PLAIN_KEY_TYPES: dict[str, type] = {
+    **dict.fromkeys(INTEGER_TYPES, int),
+    **dict.fromkeys(TEXT_TYPES, str),
+    "uuid": uuid.UUID,
+    "timeuuid": uuid.UUID,
+    "boolean": bool,
+}
+"""CQL types whose driver value is its own match (see :func:`match_value`), by Python type."""
+
+
+def _plain_key_types(types: Sequence[CqlType]) -> tuple[type, ...] | None:
+    """The Python types of a key whose columns are all :data:`PLAIN_KEY_TYPES` (else None)."""
+    plain = tuple(PLAIN_KEY_TYPES.get(cql.name) for cql in types)
+    return None if None in plain else plain  # type: ignore[return-value]
+
+
+def scan_rows(
+    session: Session,
+    replicated: ReplicatedTable,
+    ranges: Sequence[TokenRange],
+    *,
+    concurrency: int = IN_CONCURRENCY,
+) -> Iterator[tuple[int, SourceRow]]:
+    """Every row of the (non-wrapping, ring-ordered) ``ranges`` with its partition token, in
+    token order, as :func:`read_source_rows` returns rows; a partition's static values
+    without a clustering row are no row of the table and are left out. Ranges are read
+    ``concurrency`` at a time, so memory follows that many ranges, not all of them."""
+    table = replicated.spec
+    statements = _Statements(table, replicated.mask_salt)
+    partition = ", ".join(quote_cql(n) for n in table.partition_key)
+    token = f"token({partition})"
+    scan = (
+        f"SELECT {', '.join([*statements.selected, token])} FROM {statements.relation} "
+        f"WHERE {token} > ? AND {token} <= ?"
+    )
+    width = len(statements.selected)
+    clustering = [statements.positions[n] for n in table.clustering_key]
+    try:
+        statement = session.prepare(scan)
+        statement.fetch_size = replicated.scylla.fetch_size
+        outcomes = execute_concurrent_with_args(
+            session,
+            statement,
+            cql_token_bounds(ranges),
+            concurrency=concurrency,
+            raise_on_first_error=True,
+            results_generator=True,
+        )
+        for success, rows in outcomes:
+            if not success:
+                raise rows
+            for found in rows:
+                values = _row_values(found)
+                if any(values[p] is None for p in clustering):
+                    continue  # static values only
+                yield int(values[width]), statements.source_row(values[:width])  # type: ignore[call-overload]
+    except Exception as exc:  # the driver raises many unrelated types
+        raise ServiceError(
+            f"table {table.source}: scanning a token range of the source failed "
+            f"({type(exc).__name__}: {exc}); check the CQL endpoint"
+        ) from None
+
+
+def count_rows(session: Session, replicated: ReplicatedTable, token_range: TokenRange) -> int:
+    """The rows (CQL rows, static-only partitions included) in ``token_range``, counted by
+    the server."""
+    table = replicated.spec
+    partition = ", ".join(quote_cql(n) for n in table.partition_key)
+    cql = (
+        f"SELECT COUNT(*) FROM {quote_cql(table.keyspace)}.{quote_cql(table.table)} "
+        f"WHERE token({partition}) > ? AND token({partition}) <= ?"
+    )
+    try:
+        statement = session.prepare(cql)
+        return sum(
+            int(session.execute(statement, bounds).one()[0])
+            for bounds in cql_token_bounds([token_range])
+        )
+    except Exception as exc:  # the driver raises many unrelated types
+        raise ServiceError(
+            f"table {table.source}: counting the rows of a token range failed "
+            f"({type(exc).__name__}: {exc}); check the CQL endpoint"
+        ) from None

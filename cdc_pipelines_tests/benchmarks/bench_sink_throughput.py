@@ -34,14 +34,12 @@ POLL_INTERVAL_S = 0.1
 
 
 def declaration(name: str, batch_size: int) -> str:
-    secrets = os.environ["CDC_CONNECT_SECRETS_FILE"]
     return f"""
 connectors:
   topic_prefix: {name}
   sink_name_prefix: {name}
   dlq_topic: {name}-dlq
   sink_batch_size: {batch_size}
-  secrets: {{provider: file, path: "{secrets}"}}
 tables:
   - source: {name}.orders
     target: {name}.orders

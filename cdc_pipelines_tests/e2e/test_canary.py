@@ -27,13 +27,11 @@ PROBE_TIMEOUT_S = 15
 
 
 def declaration(name: str) -> str:
-    secrets = os.environ.get("CDC_CONNECT_SECRETS_FILE", "/nonexistent/secrets.properties")
     return f"""\
 connectors:
   topic_prefix: {name}
   sink_name_prefix: {name}-sink
   dlq_topic: {name}-dlq
-  secrets: {{provider: file, path: "{secrets}"}}
 tables:
   - source: {name}.cdc_canary
     target: {name}.cdc_canary

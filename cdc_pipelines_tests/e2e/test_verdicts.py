@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from cdc_pipelines.reconcile import verify, verify_step
+from cdc_pipelines.reconcile import diff_step, verify, verify_step
 from cdc_pipelines.reconcile.diff_step import diff_table_slice
 from cdc_pipelines.reconcile.index_step import ScanMarker, build_index
 from cdc_pipelines.reconcile.repair_step import Repairer, repair_verified
@@ -34,6 +34,7 @@ from cdc_pipelines.replicated_table import resolve_spec
 from cdc_pipelines.ring.slices import slice_ids
 from cdc_pipelines.scylla.emulated_source import now_us
 from cdc_pipelines_tests.declarations import all_types_yaml
+from cdc_pipelines_tests.e2e.conftest import ROWS
 from cdc_pipelines_tests.e2e.test_streaming_path import row
 
 UNREACHABLE_KAFKA = "127.0.0.1:1"
@@ -239,3 +240,33 @@ def test_a_slice_repair_plans_and_applies_a_chunk_at_a_time(
     build_index(table, settings, layout)
     again = diff_table_slice(table, busiest.slice_id, settings, layout)
     assert again.candidates == 0
+
+
+def test_a_slice_whose_target_lacks_most_rows_is_loaded_by_one_scan(
+    replicated, settings, tmp_path, postgres_dsn, cql_session, monkeypatch
+):
+    """An initial load skips the diff: every source row is verified from one scan taken after
+    the sink's catch-up, rows the target already holds count only where they disagree, and a
+    row only the target has is found by key."""
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    schema = spec.target_schema
+    monkeypatch.setattr(diff_step, "LOAD_SAMPLE_PARTS", 1)  # count whole slices: a sure estimate
+    monkeypatch.setattr(verify_step, "VERIFY_CHUNK", 16)  # several chunks a slice
+    run_sql(postgres_dsn, schema, "DELETE FROM {s}.all_types WHERE id >= 10")
+    run_sql(postgres_dsn, schema, "UPDATE {s}.all_types SET c_text = 'edited' WHERE id = 3")
+    cql_session.execute(  # id 5 is left only in the target: extra
+        f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
+        (5, REGIONS[5 % len(REGIONS)]),
+    )
+    report = run_reconciliation(table, settings, options(tmp_path, repair=True))
+    assert all(s["whole"] for s in report.slices)
+    assert (report.missing, report.mismatched, report.extra) == (ROWS - 10, 1, 1)
+    assert (report.resolved, report.in_flight, report.target_ahead) == (0, 0, 0)
+    assert report.source_rows == ROWS - 1 == sum(s["source_rows"] for s in report.slices)
+    assert report.repaired == {"upserted": ROWS - 10 + 1, "deleted": 1}
+    assert report.remaining == 0
+
+    again = run_reconciliation(table, settings, options(tmp_path))
+    assert not any(s["whole"] for s in again.slices)  # a full target is diffed again
+    assert (again.missing, again.mismatched, again.extra, again.source_rows) == (0, 0, 0, ROWS - 1)

@@ -17,6 +17,7 @@ from cdc_pipelines.kafka.dead_letters import (
     key_text,
     summarize,
 )
+from cdc_pipelines.kafka.replay_guard import ORIGIN_HEADER
 from cdc_pipelines_tests.declarations import all_types_yaml
 
 TOPIC = "shop.ks.orders"
@@ -151,10 +152,13 @@ def test_a_replay_keeps_the_original_headers_drops_connects_and_marks_the_record
         TRANSFORM_ERROR,
         extra=(("trace-id", b"abc"), ("empty", None), (REPLAY_HEADER, b"old/0/1")),
     )
+    assert original.origin is not None
     assert original.replay_headers() == [
         ("trace-id", b"abc"),
         ("empty", None),
         (REPLAY_HEADER, f"{OWN_DLQ}/0/4".encode()),
+        # Where its change sat in the table's topic: Connect's context, kept for the guard.
+        (ORIGIN_HEADER, original.origin.encode()),
     ]
 
 

@@ -300,7 +300,8 @@ def _convert_deletes(
             checked.append(version_check(extra.scan_version))
         except ReconcileError as exc:
             raise fail(f"scan version: {exc}", key, all_positions) from None
-        identity = hashable(tuple(checked[:-1]))
+        key_values = tuple(checked[:-1])
+        identity = hashable(key_values) if conversion.needs_hashable else key_values
         if identity in seen:
             what = "listed twice among the deletes"
             if seen[identity] == "upsert":
