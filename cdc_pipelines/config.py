@@ -658,6 +658,13 @@ class SecretsConfig(_Model):
 
     @model_validator(mode="after")
     def _vault_has_path(self) -> SecretsConfig:
+        if "path" in self.model_fields_set and "provider" not in self.model_fields_set:
+            raise _error_at(
+                "a secrets file path without a provider: the provider is now 'vault' by "
+                "default, so the file would be ignored; write provider: file to keep reading "
+                "it, or remove path and store the secrets in Vault",
+                "provider",
+            )
         if self.provider == "vault" and not self.vault_path:
             raise _error_at("provider 'vault' needs the secret's path in Vault", "vault_path")
         return self

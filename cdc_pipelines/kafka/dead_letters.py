@@ -412,7 +412,8 @@ class TableDeadLetters:
             for read, letter in enumerate(self._in_topic_order(consumer, ranges), start=1):
                 if belongs_to(letter, self.topic, self.dlq_topic):
                     builder.add(letter)
-                    origin = letter.origin
+                    # A keyless letter has no key to compare: replayed unchecked.
+                    origin = letter.origin if letter.key is not None else None
                     unguarded += origin is None
                     if origin is not None and (
                         newest.get((origin.partition, letter.key), -1) > origin.offset
@@ -443,7 +444,11 @@ class TableDeadLetters:
         wanted: dict[int, dict[bytes | None, int]] = {}
         for letter in self._in_topic_order(consumer, ranges):
             origin = letter.origin
-            if origin is not None and belongs_to(letter, self.topic, self.dlq_topic):
+            if (
+                origin is not None
+                and letter.key is not None
+                and belongs_to(letter, self.topic, self.dlq_topic)
+            ):
                 keys = wanted.setdefault(origin.partition, {})
                 keys[letter.key] = min(keys.get(letter.key, origin.offset), origin.offset)
         return newest_changes(self.bootstrap_servers, self.topic, wanted, self.timeout_s)

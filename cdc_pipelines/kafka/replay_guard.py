@@ -99,6 +99,8 @@ def newest_changes(
             # Assigned, never subscribed or committed: a throwaway group.
             "group.id": f"cdc-pipelines-replay-guard-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            # An origin older than the log's start: read from the start, never skip to the end.
+            "auto.offset.reset": "earliest",
             "enable.partition.eof": True,
             "socket.timeout.ms": str(int(timeout_s * 1000)),
             "logger": LIBRDKAFKA_LOG,
@@ -129,13 +131,14 @@ def newest_changes(
                 if partition not in pending or offset >= pending[partition]:
                     continue
                 key = message.key()
-                if key in wanted[partition]:
+                if key is not None and key in wanted[partition]:
                     headers = message.headers() or []
                     origin = origin_of(
                         (str(k), v if isinstance(v, bytes) else None)
                         for k, v in (headers.items() if isinstance(headers, dict) else headers)
                     )
-                    position = origin.offset if origin is not None else offset
+                    same = origin is not None and origin.partition == partition
+                    position = origin.offset if origin is not None and same else offset
                     slot = (partition, key)
                     newest[slot] = max(newest.get(slot, -1), position)
                 if offset + 1 >= pending[partition]:

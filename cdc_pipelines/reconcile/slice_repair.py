@@ -131,6 +131,7 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
             source_rows=verifier.scanned,
             missing=verifier.scanned - verifier.scanned_in_index,
             extra=len(index_keys) - verifier.scanned_in_index,
+            mismatched=tally.mismatched + tally.target_ahead,
         )
         layout.slice_result(outcome.slice_id).write_text(json.dumps(asdict(loaded), indent=2))
     return SlicePlanned(outcome.slice_id, tally, tuple(plans), job.script, writes, deletes, loaded)
@@ -151,7 +152,7 @@ def apply_slice(
     applied."""
     undone = 0
     pending: list[tuple[Key, int]] = []
-    checking: _SpanCheck | None = None
+    checks: list[_SpanCheck] = []  # committed chunks whose check is running, oldest first
     verifier.connect_source()  # before the check thread shares the session
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="take-back") as checker:
         try:
@@ -166,10 +167,11 @@ def apply_slice(
                         with contextlib.suppress(CdcPipelinesError):
                             take_back(table, chunk.written, repairer, check)
                         raise
-                    if checking is not None:
-                        undone += checking.settle(table, repairer)
-                    keys = [key for key, _ in chunk.written]
-                    checking = _SpanCheck(chunk.written, checker.submit(check, keys))
+                    if chunk.written:  # a delete-only chunk wrote nothing to take back
+                        keys = [key for key, _ in chunk.written]
+                        checks.append(_SpanCheck(chunk.written, checker.submit(check, keys)))
+                    while len(checks) > 1:  # the previous chunk's check, now it is done
+                        undone += checks.pop(0).settle(table, repairer)
                 elif not chunk.plan.is_empty:
                     # Before the apply: its batches commit one by one, and a key a failing
                     # chunk already wrote must be checked too.
@@ -177,13 +179,14 @@ def apply_slice(
                     repairer.apply(chunk.plan)
                 path.unlink()
         except BaseException:
+            for running in checks:  # every committed chunk is still checked, each on its own
+                with contextlib.suppress(CdcPipelinesError):
+                    running.settle(table, repairer)
             with contextlib.suppress(CdcPipelinesError):
-                if checking is not None:
-                    checking.settle(table, repairer)
                 take_back(table, pending, repairer, presence)
             raise
-        if checking is not None:
-            undone += checking.settle(table, repairer)
+        while checks:
+            undone += checks.pop(0).settle(table, repairer)
     return undone + take_back(table, pending, repairer, presence)
 
 

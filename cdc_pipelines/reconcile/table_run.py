@@ -256,6 +256,9 @@ def _verify_and_act(
         shutil.rmtree(spill, ignore_errors=True)
         return 0
     rows_by_slice = {o.slice_id: o.source_rows for o in outcomes}
+    rows_by_slice.update(
+        {p.slice_id: p.outcome.source_rows for p in slices if p.outcome is not None}
+    )
     with Repairer(settings.postgres_dsn, run_id, options.repair_settings) as repairer:
         try:
             for planned in slices:

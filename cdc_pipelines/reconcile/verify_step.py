@@ -243,7 +243,14 @@ class CandidateVerifier:
         self.span, self.scanned, self.scanned_in_index = None, 0, 0
         self.wait_for_sink()
         types = key_types(table.spec)
-        indexed = {matched_key(table.spec, key, types): key for key in index_keys}
+        indexed: dict[object, Key] = {}
+        unmatched: list[Key] = []  # verified by key at the end, like the keys not scanned
+        for key in index_keys:
+            match = matched_key(table.spec, key, types)
+            if match is None:
+                unmatched.append(key)
+            else:
+                indexed[match] = key
         layout = upsert_layout(table.spec, table.version_column)
         key_positions = [layout.index(name) for name in table.spec.primary_key]
         start, batch = token_slice.start, list[tuple[int, SourceRow]]()
@@ -254,7 +261,8 @@ class CandidateVerifier:
             known: set[object] = set()
             if indexed:  # keys the target index held: agreeing ones are no discrepancy
                 for key in keys:
-                    if indexed.pop(matched_key(table.spec, key, types), None) is not None:
+                    match = matched_key(table.spec, key, types)
+                    if match is not None and indexed.pop(match, None) is not None:
                         known.add(key_identity(key))
             self.scanned += len(keys)
             self.scanned_in_index += len(known)
@@ -290,8 +298,9 @@ class CandidateVerifier:
         if batch:
             yield from verify(batch, token_slice.end)
         self.span = None
-        if indexed:  # in the target index, not found by the scan: extra, or gone since
-            extra = [Candidate(key, CandidateKind.EXTRA) for key in indexed.values()]
+        left = [*indexed.values(), *unmatched]
+        if left:  # in the target index, not found by the scan: extra, or gone since
+            extra = [Candidate(key, CandidateKind.EXTRA) for key in left]
             yield from self._verify(extra, self.read_source)
 
     def _verify(

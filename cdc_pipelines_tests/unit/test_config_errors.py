@@ -310,6 +310,12 @@ CASES: list[tuple[str, str, dict[str, str], tuple[str, ...]]] = [
         (f"{T0}.columns.total.target_type", "not a plain PostgreSQL type name"),
     ),
     (
+        "file-path-without-provider",  # vault is the default now: the file would be ignored
+        "connectors:\n  secrets: {path: /run/secrets/connect.properties}\n" + VALID,
+        {},
+        ("connectors.secrets.provider", "write provider: file"),
+    ),
+    (
         "vault-without-path",
         "connectors:\n  secrets: {provider: vault, vault_path: ''}\n" + VALID,
         {},
