@@ -109,6 +109,18 @@ def _case(
     return written, list(asked)
 
 
+def rewrite(cql_session: Any, table: TableSpec, keys: list[Any], value: str = "row {n}") -> None:
+    """The table emptied, then one row a key: value ``value`` and write time ``T0 + n``."""
+    cql_session.execute(f"TRUNCATE {table.keyspace}.{table.table}")
+    columns = ", ".join([*table.primary_key, "v"])
+    insert = cql_session.prepare(
+        f"INSERT INTO {table.keyspace}.{table.table} ({columns}) "
+        f"VALUES ({', '.join('?' * (len(table.primary_key) + 1))}) USING TIMESTAMP ?"
+    )
+    for n, key in enumerate(keys):
+        cql_session.execute(insert, (*key, value.format(n=n), T0 + n))
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_batched_reads_equal_point_reads(
     cql_session: Any, key_tables: dict[str, TableSpec], layout: str
@@ -123,14 +135,7 @@ def test_batched_reads_equal_point_reads(
     @given(case=_case(layout))
     def check(case: tuple[list[tuple[object, ...]], list[tuple[object, ...]]]) -> None:
         written, asked = case
-        cql_session.execute(f"TRUNCATE {table.keyspace}.{table.table}")
-        columns = ", ".join([*table.primary_key, "v"])
-        insert = cql_session.prepare(
-            f"INSERT INTO {table.keyspace}.{table.table} ({columns}) "
-            f"VALUES ({', '.join('?' * (len(table.primary_key) + 1))}) USING TIMESTAMP ?"
-        )
-        for n, key in enumerate(written):
-            cql_session.execute(insert, (*key, f"row {n} '✓'", T0 + n))
+        rewrite(cql_session, table, written, "row {n} '✓'")
 
         rows = read_source_rows(cql_session, replicated(table), asked)
 

@@ -26,7 +26,7 @@ from cdc_pipelines.scylla.key_reads import (
     scan_rows,
 )
 from cdc_pipelines_tests.declarations import replicated
-from cdc_pipelines_tests.integration.test_key_reads import LAYOUTS, T0, _case
+from cdc_pipelines_tests.integration.test_key_reads import LAYOUTS, T0, _case, rewrite
 from cdc_pipelines_tests.integration.test_key_reads import key_tables as key_tables_fixture
 
 key_tables = key_tables_fixture  # the same module-scoped tables
@@ -49,14 +49,7 @@ def test_a_range_scan_answers_like_the_key_re_read(
     @given(case=_case(layout))
     def check(case: tuple[list[tuple[object, ...]], list[tuple[object, ...]]]) -> None:
         written, asked = case
-        cql_session.execute(f"TRUNCATE {spec.keyspace}.{spec.table}")
-        columns = ", ".join([*spec.primary_key, "v"])
-        insert = cql_session.prepare(
-            f"INSERT INTO {spec.keyspace}.{spec.table} ({columns}) "
-            f"VALUES ({', '.join('?' * (len(spec.primary_key) + 1))}) USING TIMESTAMP ?"
-        )
-        for n, key in enumerate(written):
-            cql_session.execute(insert, (*key, f"row {n}", T0 + n))
+        rewrite(cql_session, spec, written)
         by_key = read_source_rows(cql_session, table, asked)
         by_scan: list[object] = [None] * len(asked)
         present: list[bool | None] = [None] * len(asked)
@@ -129,14 +122,7 @@ def test_a_slice_scan_yields_every_row_once_in_token_order_like_the_key_re_read(
     @given(case=_case(layout))
     def check(case: tuple[list[tuple[object, ...]], list[tuple[object, ...]]]) -> None:
         written, _ = case
-        cql_session.execute(f"TRUNCATE {spec.keyspace}.{spec.table}")
-        columns = ", ".join([*spec.primary_key, "v"])
-        insert = cql_session.prepare(
-            f"INSERT INTO {spec.keyspace}.{spec.table} ({columns}) "
-            f"VALUES ({', '.join('?' * (len(spec.primary_key) + 1))}) USING TIMESTAMP ?"
-        )
-        for n, key in enumerate(written):
-            cql_session.execute(insert, (*key, f"row {n}", T0 + n))
+        rewrite(cql_session, spec, written)
         scanned = []
         for index in range(SLICES):
             token_slice = slice_by_id(f"{index:02d}", SLICES)
