@@ -525,6 +525,7 @@ class Connect(Service):
     def prepare(self) -> None:
         # Secrets live in OpenBao only: the secrets file earlier versions wrote is removed.
         shutil.rmtree(self.home / "secrets", ignore_errors=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "worker.properties").write_text(
             configs.connect_worker_properties(
                 self.layout.plugin_path,

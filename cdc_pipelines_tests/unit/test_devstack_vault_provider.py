@@ -75,3 +75,17 @@ def test_up_restarts_a_worker_started_with_another_config_or_plugins(
     (connect.home / "worker.properties").write_text("config.providers=vault,env\n")
     connect.ready_check()
     assert len(stopped) == 3
+
+
+def test_prepare_on_a_fresh_state_writes_the_worker_config_and_no_secrets(tmp_path: Path) -> None:
+    layout = StackLayout(state=tmp_path / "state", cache=tmp_path / "cache")
+    connect = Connect(layout)
+    assert not connect.home.exists()
+    connect.prepare()
+    worker = properties((connect.home / "worker.properties").read_text())
+    assert worker["config.providers"] == "vault"
+    assert not (connect.home / "secrets").exists()
+    (connect.home / "secrets").mkdir()  # left by an earlier version
+    (connect.home / "secrets" / "postgres.properties").write_text("postgres.password=x\n")
+    connect.prepare()
+    assert not (connect.home / "secrets").exists()
