@@ -23,6 +23,7 @@ from cdc_pipelines.errors import CdcPipelinesError, ServiceError
 from cdc_pipelines.postgres.audit import AuditDetail
 from cdc_pipelines.postgres.repair import (
     BatchReport,
+    EncodedPlan,
     ExtraRow,
     RepairOutcome,
     RepairPlan,
@@ -83,7 +84,7 @@ class Repairer:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
-    def apply(self, plan: RepairPlan) -> RepairOutcome:
+    def apply(self, plan: RepairPlan | EncodedPlan) -> RepairOutcome:
         connections = max(1, self.repair.connections)
         target = self._target
         if target is None:
@@ -146,12 +147,18 @@ class VerifiedRepair:
 
 @dataclass(frozen=True)
 class PlannedChunk:
-    """One chunk's checked repair plan, and the source keys and versions it writes (so the
-    keys the source deletes before the commit can be taken back)."""
+    """One chunk's checked repair plan (its rows encoded when a worker planned it for the
+    repair), and the source keys and versions it writes (so the keys the source deletes
+    before the commit can be taken back)."""
 
-    plan: RepairPlan
+    plan: RepairPlan | EncodedPlan
     written: tuple[tuple[Key, int], ...]
     span: TokenRange | None = None  # the tokens of every key it writes, when known
+
+
+def written_keys(verification: VerificationResult) -> tuple[tuple[Key, int], ...]:
+    """The keys and source versions the repair of ``verification`` writes."""
+    return tuple((c.key, c.source.version) for c in verification.confirmed if c.source is not None)
 
 
 def plan_chunk(
@@ -162,10 +169,8 @@ def plan_chunk(
 ) -> PlannedChunk:
     """Plan one chunk's repair (every value checked and converted here, before any write);
     ``span``: the token span the chunk's keys lie in, when it was verified by a scan."""
-    written = tuple(
-        (c.key, c.source.version) for c in verification.confirmed if c.source is not None
-    )
-    return PlannedChunk(plan_verified_repair(table, verification, run_id), written, span)
+    plan = plan_verified_repair(table, verification, run_id)
+    return PlannedChunk(plan, written_keys(verification), span)
 
 
 def apply_planned(

@@ -19,18 +19,24 @@ from pathlib import Path
 
 from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
-from cdc_pipelines.postgres.repair import RepairOutcome, new_run_id, render_script
+from cdc_pipelines.postgres.repair import (
+    RepairOutcome,
+    encode_plan,
+    new_run_id,
+    render_script,
+)
 from cdc_pipelines.postgres.target_index import read_slice_index
+from cdc_pipelines.reconcile.collection import collect_chunk, collected_per_chunk
 from cdc_pipelines.reconcile.diff_step import SliceOutcome
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.repair_step import (
     PlannedChunk,
     Repairer,
     RepairSettings,
-    plan_chunk,
     plan_verified_repair,
     take_back,
     unconfirmed_reason,
+    written_keys,
 )
 from cdc_pipelines.reconcile.report import ConfirmedWriter, Tally
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, read_candidates
@@ -87,6 +93,7 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     spill = layout.planned_chunks(run_id)
     tally, plans, writes, deletes = Tally(), [], 0, 0
     with ExitStack() as stack:
+        stack.enter_context(collected_per_chunk())
         verifier = stack.enter_context(
             CandidateVerifier(table, job.settings, job.scan, job.wait, catch_up=job.catch_up)
         )
@@ -105,19 +112,23 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
             candidates = read_candidates(Path(outcome.candidates_path))
             chunks = verifier.verify_in_chunks(candidates, token_slice, outcome.source_rows)
         for number, verification in enumerate(chunks):
+            collect_chunk()
             tally += Tally.of(verification)
             if confirmed is not None:
                 confirmed.write(verification)
             if script is None and not job.repairing:
                 continue  # verdicts only
-            chunk = plan_chunk(table, verification, run_id, verifier.span)
-            if chunk.plan.is_empty:
+            plan = plan_verified_repair(table, verification, run_id)
+            if plan.is_empty:
                 continue
-            writes += chunk.plan.write_count
-            deletes += chunk.plan.delete_count
+            writes += plan.write_count
+            deletes += plan.delete_count
             if script is not None:
-                script.write(render_script(chunk.plan))
+                script.write(render_script(plan))
             if job.repairing:
+                # Encoded for COPY here, in the worker: the apply then only streams bytes.
+                encoded = encode_plan(verifier.target_connection(), plan)
+                chunk = PlannedChunk(encoded, written_keys(verification), verifier.span)
                 spill.mkdir(parents=True, exist_ok=True)
                 path = spill / f"slice={outcome.slice_id}.{number:06d}.pickle"
                 path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -45,16 +46,14 @@ class CandidateKind(StrEnum):
     MISMATCHED = "mismatched"  # in both, with different values
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: built for every row of a slice to load
     """A key the diff flagged, and how."""
 
     key: Key
     kind: CandidateKind
 
 
-@dataclass(frozen=True)
-class ConfirmedDiscrepancy:
+class ConfirmedDiscrepancy(NamedTuple):  # a tuple: built for every row of a slice to load
     """A discrepancy that survived the re-read; ``kind`` is what it is now."""
 
     key: Key

@@ -387,8 +387,12 @@ class CandidateVerifier:
         """The source rows of ``keys`` now (None: absent), on the verifier's session."""
         return read_source_rows(self._cql(), self.table, keys)
 
-    def read_target(self, keys: Sequence[Key]) -> list[TargetRow | None]:
-        """The target rows of ``keys`` now (None: absent), on the verifier's connection."""
+    def target_connection(self) -> psycopg.Connection[Any]:
+        """The verifier's connection to the target (opened on first use)."""
         if self._conn is None:
             self._conn = self._stack.enter_context(postgres_connection(self.settings.postgres_dsn))
-        return read_target_rows(self._conn, self.table, keys)
+        return self._conn
+
+    def read_target(self, keys: Sequence[Key]) -> list[TargetRow | None]:
+        """The target rows of ``keys`` now (None: absent), on the verifier's connection."""
+        return read_target_rows(self.target_connection(), self.table, keys)

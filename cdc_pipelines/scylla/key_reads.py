@@ -16,7 +16,7 @@ import ipaddress
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Session
@@ -58,8 +58,7 @@ MS = 1000
 Key = tuple[object, ...]
 
 
-@dataclass(frozen=True)
-class SourceRow:
+class SourceRow(NamedTuple):  # a tuple: built for every row a scan reads
     """A source row re-read by key, in ``upsert_layout`` order (version last, in µs).
 
     Timestamps are aware (UTC); ready to hand to ``plan_repair`` as an upsert.

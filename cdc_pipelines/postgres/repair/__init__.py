@@ -9,7 +9,7 @@ never touched.
 Modules, each importing only those listed before it: :mod:`.convert` (driver values to
 checked PostgreSQL values), :mod:`.plan`, :mod:`.sql_parts` (SQL shared by script and
 apply), :mod:`.script` (:func:`render_script`, the dry run), :mod:`.catalog` (the live
-target table), :mod:`.apply`.
+target table), :mod:`.encode` (a plan's rows as COPY data, ahead of the apply), :mod:`.apply`.
 """
 
 from cdc_pipelines.postgres.repair.apply import (
@@ -20,6 +20,7 @@ from cdc_pipelines.postgres.repair.apply import (
     apply_repair,
     batch_count,
 )
+from cdc_pipelines.postgres.repair.encode import EncodedPlan, encode_plan
 from cdc_pipelines.postgres.repair.plan import (
     BatchKind,
     ExtraRow,
@@ -36,6 +37,7 @@ __all__ = [
     "BatchHook",
     "BatchKind",
     "BatchReport",
+    "EncodedPlan",
     "ExtraRow",
     "RepairColumn",
     "RepairOutcome",
@@ -43,6 +45,7 @@ __all__ = [
     "apply_repair",
     "batch_count",
     "checked_keys",
+    "encode_plan",
     "new_run_id",
     "plan_repair",
     "render_script",

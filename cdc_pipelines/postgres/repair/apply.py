@@ -3,7 +3,8 @@
 Resumable (a batch already recorded for the run id is skipped), retried on lock conflicts,
 optionally on several pooled connections at once.
 
-Each batch is a binary COPY into a temp table, one ``INSERT … ON CONFLICT … WHERE
+Each batch is a binary COPY into a temp table (of rows encoded here, or beforehand by
+:func:`~cdc_pipelines.postgres.repair.encode.encode_plan`), one ``INSERT … ON CONFLICT … WHERE
 target.version <= excluded.version`` or guarded delete, and the audit rows. Rows whose keys
 the re-read found absent skip the temp table: a binary COPY straight into the target, undone
 by a savepoint (and the batch upserted instead) if one of those keys has appeared meanwhile.
@@ -36,7 +37,9 @@ from cdc_pipelines.postgres.audit import (
 )
 from cdc_pipelines.postgres.literals import register_copy_dumpers
 from cdc_pipelines.postgres.repair.catalog import TargetTypes, read_target_types
+from cdc_pipelines.postgres.repair.encode import EncodedPlan, EncodedRows
 from cdc_pipelines.postgres.repair.plan import (
+    DEFAULT_BATCH_SIZE,
     FINGERPRINT_CHARS,
     BatchKind,
     RepairColumn,
@@ -54,7 +57,6 @@ from cdc_pipelines.postgres.repair.sql_parts import (
     upsert_tail,
 )
 
-DEFAULT_BATCH_SIZE = 20_000  # rows per batch; its temp table stays within temp_buffers (8 MB)
 DEFAULT_LOCK_TIMEOUT_MS = 30_000
 DEFAULT_MAX_RETRIES = 3
 RETRY_BACKOFF_S = 0.5
@@ -112,33 +114,62 @@ class RepairOutcome:
 class _Batch:
     number: int
     kind: BatchKind
-    rows: tuple[Row, ...]
+    rows: tuple[Row, ...]  # empty when the batch is encoded
     fingerprint: str
+    encoded: EncodedRows | None = None
+
+    @property
+    def size(self) -> int:
+        return self.encoded.count if self.encoded is not None else len(self.rows)
 
 
-def _batches(plan: RepairPlan, batch_size: int, first: int = 0) -> list[_Batch]:
-    """Insert, upsert, then delete batches, numbered from ``first``; each fingerprinted by
-    plan digest, size and place."""
-    batches: list[_Batch] = []
-    for kind, rows in (
+def _parts(
+    plan: RepairPlan | EncodedPlan, batch_size: int
+) -> list[tuple[BatchKind, Sequence[tuple[Row, ...] | EncodedRows]]]:
+    """Each kind's batches, as rows or encoded, inserts first, then upserts and deletes."""
+    rows = plan.plan if isinstance(plan, EncodedPlan) else plan
+
+    def split(part: tuple[Row, ...]) -> list[tuple[Row, ...]]:
+        return [part[s : s + batch_size] for s in range(0, len(part), batch_size)]
+
+    if not isinstance(plan, EncodedPlan):
+        return [
+            (BatchKind.INSERT, split(rows.inserts)),
+            (BatchKind.UPSERT, split(rows.upserts)),
+            (BatchKind.DELETE, split(rows.deletes)),
+        ]
+    if plan.batch_size != batch_size:
+        raise ReconcileError(
+            f"table {plan.target_name}: the plan was encoded in batches of "
+            f"{plan.batch_size} rows, not {batch_size}; apply it with that batch_size"
+        )
+    return [
         (BatchKind.INSERT, plan.inserts),
         (BatchKind.UPSERT, plan.upserts),
-        (BatchKind.DELETE, plan.deletes),
-    ):
-        for start in range(0, len(rows), batch_size):
+        (BatchKind.DELETE, split(rows.deletes)),
+    ]
+
+
+def _batches(plan: RepairPlan | EncodedPlan, batch_size: int, first: int = 0) -> list[_Batch]:
+    """Insert, upsert, then delete batches, numbered from ``first``; each fingerprinted by
+    plan digest, size and place (an encoded plan's batches as its rows' plan's would be)."""
+    digest = plan.plan.digest if isinstance(plan, EncodedPlan) else plan.digest
+    batches: list[_Batch] = []
+    for kind, parts in _parts(plan, batch_size):
+        for part in parts:
             number = first + len(batches)
-            place = f"{plan.digest}/{kind.value}/{batch_size}/{number}"
+            place = f"{digest}/{kind.value}/{batch_size}/{number}"
             fingerprint = hashlib.sha256(place.encode()).hexdigest()[:FINGERPRINT_CHARS]
-            batches.append(_Batch(number, kind, rows[start : start + batch_size], fingerprint))
+            if isinstance(part, EncodedRows):
+                batches.append(_Batch(number, kind, (), fingerprint, part))
+            else:
+                batches.append(_Batch(number, kind, part, fingerprint))
     return batches
 
 
-def batch_count(plan: RepairPlan, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+def batch_count(plan: RepairPlan | EncodedPlan, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     """How many batches :func:`apply_repair` splits ``plan`` into."""
-    return sum(
-        -(-count // batch_size)
-        for count in (len(plan.inserts), len(plan.upserts), len(plan.deletes))
-    )
+    return sum(len(parts) for _kind, parts in _parts(plan, batch_size))
 
 
 def _key_arrays(alias: sql.Identifier, plan: RepairPlan) -> sql.Composable:
@@ -301,12 +332,16 @@ def _copy_rows(
     relation: sql.Identifier,
     columns: Sequence[RepairColumn],
     oids: Sequence[int],
-    rows: Iterable[Sequence[object]],
+    rows: Iterable[Sequence[object]] | bytes,
 ) -> None:
+    """COPY ``rows`` into ``relation``: rows to encode, or binary COPY data encoded before."""
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         relation, column_list(columns)
     )
     with cursor.copy(statement) as copy:
+        if isinstance(rows, bytes):
+            copy.write(rows)
+            return
         copy.set_types(list(oids))
         for row in rows:
             copy.write_row(row)
@@ -331,7 +366,7 @@ def _guarded_change(
     if batch.kind is BatchKind.DELETE:
         temp, oids = KEYS_TEMP, settings.types.key_oids
         columns = _create_keys_temp(cursor, plan)
-        statement = _delete_statement(plan, audit, settings.audit_detail, len(batch.rows))
+        statement = _delete_statement(plan, audit, settings.audit_detail, batch.size)
     else:
         temp, oids = ROWS_TEMP, settings.types.row_oids
         columns = plan.columns
@@ -340,8 +375,9 @@ def _guarded_change(
                 sql.Identifier(ROWS_TEMP_NAME), target_table(plan)
             )
         )
-        statement = _upsert_statement(plan, audit, settings.audit_detail, len(batch.rows))
-    _copy_rows(cursor, temp, columns, oids, batch.rows)
+        statement = _upsert_statement(plan, audit, settings.audit_detail, batch.size)
+    rows = batch.encoded.rows if batch.encoded is not None else batch.rows
+    _copy_rows(cursor, temp, columns, oids, rows)
     return {str(action): int(n) for action, n in cursor.execute(statement).fetchall()}
 
 
@@ -370,17 +406,20 @@ def _insert_absent(
         return None
     try:
         with conn.transaction():
-            _copy_rows(
-                cursor, target_table(plan), plan.columns, settings.types.row_oids, batch.rows
-            )
-            if cursor.rowcount != len(batch.rows):
+            rows = batch.encoded.rows if batch.encoded is not None else batch.rows
+            _copy_rows(cursor, target_table(plan), plan.columns, settings.types.row_oids, rows)
+            if cursor.rowcount != batch.size:
                 raise _NotAllCopied
     except (psycopg.errors.UniqueViolation, _NotAllCopied):
         return None
     if RepairAction.UPSERT in settings.audit_detail.recorded:
         columns = _create_keys_temp(cursor, plan)
         positions = [plan.columns.index(c) for c in columns]
-        keys = ([row[p] for p in positions] for row in batch.rows)
+        keys: Iterable[Sequence[object]] | bytes = (
+            batch.encoded.keys
+            if batch.encoded is not None
+            else ([row[p] for p in positions] for row in batch.rows)
+        )
         _copy_rows(cursor, KEYS_TEMP, columns, settings.types.key_oids, keys)
         written = sql.Identifier("w")
         cursor.execute(
@@ -391,7 +430,7 @@ def _insert_absent(
                 sql.SQL("{} AS {}").format(KEYS_TEMP, written),
             )
         )
-    return {RepairAction.UPSERT.value: len(batch.rows)}
+    return {RepairAction.UPSERT.value: batch.size}
 
 
 def _apply_batch(
@@ -400,7 +439,7 @@ def _apply_batch(
     plan = settings.plan
     audit = BatchAudit(settings.audit_tables, settings.run_id, plan.target_name, batch.number)
     report = BatchReport(
-        settings.run_id, batch.number, settings.total_batches, batch.kind, len(batch.rows)
+        settings.run_id, batch.number, settings.total_batches, batch.kind, batch.size
     )
     with conn.transaction():
         # Read committed: the ON CONFLICT guard and the DELETE's version check are evaluated
@@ -424,7 +463,7 @@ def _apply_batch(
             counts = None
             if batch.kind is BatchKind.INSERT:
                 counts = _insert_absent(conn, cursor, batch, settings, audit)
-                report = replace(report, copied=0 if counts is None else len(batch.rows))
+                report = replace(report, copied=0 if counts is None else batch.size)
             if counts is None:
                 counts = _guarded_change(cursor, batch, settings, audit)
         audit.record_counts(conn, counts)
@@ -445,7 +484,7 @@ def _apply_batch(
 def _failure(settings: _ApplySettings, batch: _Batch, exc: Exception, what: str) -> str:
     return (
         f"repair of table {settings.plan.target_name} failed in batch {batch.number} of "
-        f"{settings.total_batches} ({batch.kind.value}, {len(batch.rows)} rows, run "
+        f"{settings.total_batches} ({batch.kind.value}, {batch.size} rows, run "
         f"{settings.run_id!r}): {what}: {exc}. The batch was rolled back; earlier batches stay "
         "committed (audited under the run id). Fix the cause and repair again: a new run "
         "re-verifies and repairs what is left."
@@ -530,7 +569,7 @@ def _run_in_parallel(
 
 def apply_repair(
     conn_or_pool: psycopg.Connection[Any] | ConnectionPool[Any],
-    plan: RepairPlan,
+    to_apply: RepairPlan | EncodedPlan,
     run_id: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     *,
@@ -555,7 +594,12 @@ def apply_repair(
     timeouts are retried ``max_retries`` times. Raises :class:`ReconcileError` naming the
     table and batch when a batch fails (that batch is rolled back completely; batches already
     committed stay), :class:`ServiceError` on connection loss.
+
+    ``to_apply`` may be a plan whose rows were encoded beforehand (:func:`encode_plan`, with
+    the same ``batch_size``); it is refused if the target's column types changed since.
     """
+    encoded = to_apply if isinstance(to_apply, EncodedPlan) else None
+    plan = to_apply.plan if isinstance(to_apply, EncodedPlan) else to_apply
     run_id = check_run_id(run_id or plan.run_id)
     if batch_size < 1:
         raise ReconcileError(f"batch_size must be at least 1, got {batch_size}")
@@ -567,7 +611,8 @@ def apply_repair(
     audit_tables = audit or AuditTables()
     if first_batch < 0:
         raise ReconcileError(f"first_batch must be at least 0, got {first_batch}")
-    batches = _batches(plan, batch_size, first_batch)
+    batches = _batches(to_apply, batch_size, first_batch)
+    inserts = to_apply.insert_count
 
     def prepare(conn: psycopg.Connection[Any]) -> _ApplySettings:
         try:
@@ -577,12 +622,17 @@ def apply_repair(
             raise ServiceError(
                 f"table {plan.target_name}: cannot prepare the repair: {exc}; check the connection"
             ) from exc
-        if plan.inserts and types.copy_blockers:
+        if encoded is not None and encoded.row_oids != types.row_oids:
+            raise ReconcileError(
+                f"table {plan.target_name}: its column types changed after the repair was "
+                "planned; run the reconciliation again to plan it for the table as it is now"
+            )
+        if inserts and types.copy_blockers:
             log.info(
                 "table %s has %s: its %d missing rows go through the guarded upsert, not COPY",
                 plan.target_name,
                 " and ".join(types.copy_blockers),
-                plan.insert_count,
+                inserts,
             )
         return _ApplySettings(
             plan=plan,

@@ -37,6 +37,7 @@ from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.rows.layout import written_columns
 
 FINGERPRINT_CHARS = 32
+DEFAULT_BATCH_SIZE = 20_000  # rows per batch; its temp table stays within temp_buffers (8 MB)
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 Row = tuple[object, ...]
@@ -229,6 +230,43 @@ def _row_conversion(replicated: ReplicatedTable) -> _RowConversion:
     return _RowConversion(table, tuple(columns), tuple(converters), key_positions, needs_hashable)
 
 
+def _by_columns(
+    converters: Sequence[Converter],
+    rows: list[Row],
+    key_positions: Sequence[int],
+    required: Sequence[int],
+    needs_hashable: bool,
+) -> tuple[list[Row], list[object]] | None:
+    """``rows`` converted a column at a time, with their keys' identities; None when a row
+    has the wrong width, a value fails, a ``required`` value is NULL or a key is listed
+    twice (the row-by-row path then names the row)."""
+    width = len(converters)
+    if not rows or any(len(row) != width for row in rows):
+        return None
+    try:
+        columns = [
+            list(map(convert, values))
+            for convert, values in zip(converters, zip(*rows, strict=True), strict=True)
+        ]
+    except (ReconcileError, TypeError, ValueError, ArithmeticError):
+        return None
+    if any(None in columns[p] for p in required):
+        return None
+    keys = zip(*(columns[p] for p in key_positions), strict=True)
+    identities: list[object] = [hashable(k) for k in keys] if needs_hashable else list(keys)
+    if len(set(identities)) != len(identities):
+        return None
+    return list(zip(*columns, strict=True)), identities
+
+
+def _record(seen: dict[object, str], identities: list[object], kind: str) -> bool:
+    """Record keys new to ``seen`` as ``kind``; False (nothing recorded) if one was there."""
+    if not seen.keys().isdisjoint(identities):
+        return False
+    seen.update(dict.fromkeys(identities, kind))
+    return True
+
+
 def _convert_writes(
     conversion: _RowConversion,
     rows: Iterable[Sequence[object]],
@@ -236,13 +274,20 @@ def _convert_writes(
     seen: dict[object, str],
 ) -> list[Row]:
     """Insert or upsert rows, checked and converted; each key is recorded in ``seen``."""
+    listed = [tuple(raw) for raw in rows]
+    positions = conversion.key_positions
+    required = (*positions, len(conversion.converters) - 1)
+    fast = _by_columns(
+        conversion.converters, listed, positions, required, conversion.needs_hashable
+    )
+    if fast is not None and _record(seen, fast[1], "upsert"):
+        return fast[0]
     table, names = conversion.table, conversion.names
     converters, key_positions = conversion.converters, conversion.key_positions
     needs_hashable, fail = conversion.needs_hashable, conversion.fail
     width = len(converters)
     converted: list[Row] = []
-    for raw in rows:
-        row = tuple(raw)
+    for row in listed:
         if len(row) != width:
             raise ReconcileError(
                 f"table {table.target}: an {kind.value} row has {len(row)} values, expected "
@@ -276,6 +321,16 @@ def _convert_deletes(
     key_converters = [conversion.converters[p] for p in conversion.key_positions]
     version_check = conversion.converters[-1]
     all_positions = list(range(len(key_columns)))
+    deletes = list(deletes)
+    fast = _by_columns(
+        (*key_converters, version_check),
+        [(*extra.key, extra.scan_version) for extra in deletes],
+        all_positions,
+        all_positions,
+        conversion.needs_hashable,
+    )
+    if fast is not None and _record(seen, fast[1], "delete"):
+        return fast[0]
     converted: list[Row] = []
     for extra in deletes:
         key = tuple(extra.key)
@@ -380,4 +435,10 @@ def checked_keys(replicated: ReplicatedTable, keys: Iterable[Sequence[object]]) 
     followed by a NULL version), for reading those keys from the target; a key listed twice
     fails."""
     conversion = _row_conversion(replicated)
-    return _convert_deletes(conversion, (ExtraRow(tuple(k), None) for k in keys), {})
+    listed = [tuple(k) for k in keys]
+    positions = range(len(conversion.key_positions))
+    converters = [*(conversion.converters[p] for p in conversion.key_positions)]
+    fast = _by_columns(converters, listed, positions, positions, conversion.needs_hashable)
+    if fast is not None:
+        return [(*key, None) for key in fast[0]]
+    return _convert_deletes(conversion, (ExtraRow(key, None) for key in listed), {})
