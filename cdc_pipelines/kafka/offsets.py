@@ -106,6 +106,39 @@ def committed_offsets(
     return _committed(admin_client(bootstrap, timeout_s), bootstrap, group, topic, timeout_s)
 
 
+class TopicWatch:
+    """Tells whether anything was written to a topic since a mark (its end offsets then).
+
+    Repair uses it to skip re-checking the source after a commit: the sink applies only
+    what the topic holds, so a topic that gained nothing since the rows were read carried
+    no delete the sink could have applied before the repair's rows landed.
+    """
+
+    def __init__(
+        self, bootstrap: str, topic: str, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    ) -> None:
+        self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self._admin: AdminClient | None = None
+        self._moved = False  # offsets only grow: once moved, every later answer is "moved"
+
+    def mark(self) -> dict[int, int] | None:
+        """The topic's end offsets now; None when Kafka cannot tell."""
+        if self._admin is None:
+            self._admin = admin_client(self.bootstrap, self.timeout_s)
+        try:
+            return _end_offsets(self._admin, self.bootstrap, self.topic, self.timeout_s)
+        except ServiceError:
+            return None
+
+    def unchanged_since(self, mark: Mapping[int, int] | None) -> bool:
+        """Whether the topic's end offsets are still ``mark`` (False when unknown)."""
+        if mark is None or self._moved:
+            return False
+        now = self.mark()
+        self._moved = now is None or now != dict(mark)
+        return not self._moved
+
+
 class CatchUpMethod(StrEnum):
     OFFSETS = "offsets"  # the group's committed offsets reached the targets
     SETTLE_WINDOW = "settle_window"  # Kafka was unreachable: waited a fixed window instead

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cdc_pipelines.errors import CdcPipelinesError
-from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
+from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod, TopicWatch
 from cdc_pipelines.postgres.repair import (
     RepairOutcome,
     encode_plan,
@@ -81,6 +81,10 @@ class SlicePlanned:
     writes: int = 0  # rows the plans upsert or insert
     deletes: int = 0  # rows the plans delete
     outcome: SliceOutcome | None = None  # a slice loaded whole: its counts, from its scan
+    # The table topic's end offsets before the slice's source rows were read (repair; None
+    # when Kafka could not tell): if the topic still ends there after a chunk's commit, no
+    # delete can have reached the sink meanwhile, and the source need not be checked again.
+    stream_mark: dict[int, int] | None = None
 
 
 @owner_only
@@ -92,6 +96,9 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     token_slice = slice_by_id(outcome.slice_id, table.slices)
     spill = layout.planned_chunks(run_id)
     tally, plans, writes, deletes = Tally(), [], 0, 0
+    stream_mark = None
+    if job.repairing and job.scan.end_offsets is not None:  # before any source row is read
+        stream_mark = TopicWatch(job.settings.kafka_bootstrap_servers, table.topic).mark()
     with ExitStack() as stack:
         stack.enter_context(collected_per_chunk())
         verifier = stack.enter_context(
@@ -145,7 +152,16 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
             mismatched=tally.mismatched + tally.target_ahead,
         )
         layout.slice_result(outcome.slice_id).write_text(json.dumps(asdict(loaded), indent=2))
-    return SlicePlanned(outcome.slice_id, tally, tuple(plans), job.script, writes, deletes, loaded)
+    return SlicePlanned(
+        outcome.slice_id,
+        tally,
+        tuple(plans),
+        job.script,
+        writes,
+        deletes,
+        loaded,
+        stream_mark,
+    )
 
 
 def apply_slice(
@@ -159,9 +175,11 @@ def apply_slice(
     delete. A chunk verified by a scan is checked at the source right after it commits, by
     one scan of its token span, while the next chunk is applied (the check reads ScyllaDB,
     the apply writes PostgreSQL); the other chunks' keys once for the slice, after all of
-    them (and after a failing chunk, what did commit). Each plan's file is removed once
-    applied."""
+    them (and after a failing chunk, what did commit). A committed chunk is not checked
+    when the table's topic gained nothing since the slice was read (see
+    :attr:`SlicePlanned.stream_mark`). Each plan's file is removed once applied."""
     undone = 0
+    quiet = TopicWatch(verifier.settings.kafka_bootstrap_servers, table.topic)
     pending: list[tuple[Key, int]] = []
     checks: list[_SpanCheck] = []  # committed chunks whose check is running, oldest first
     verifier.connect_source()  # before the check thread shares the session
@@ -178,7 +196,8 @@ def apply_slice(
                         with contextlib.suppress(CdcPipelinesError):
                             take_back(table, chunk.written, repairer, check)
                         raise
-                    if chunk.written:  # a delete-only chunk wrote nothing to take back
+                    # A delete-only chunk wrote nothing to take back.
+                    if chunk.written and not quiet.unchanged_since(planned.stream_mark):
                         keys = [key for key, _ in chunk.written]
                         checks.append(_SpanCheck(chunk.written, checker.submit(check, keys)))
                     while len(checks) > 1:  # the previous chunk's check, now it is done
@@ -198,6 +217,8 @@ def apply_slice(
             raise
         while checks:
             undone += checks.pop(0).settle(table, repairer)
+    if pending and quiet.unchanged_since(planned.stream_mark):
+        return undone
     return undone + take_back(table, pending, repairer, presence)
 
 
