@@ -41,6 +41,7 @@ from cdc_pipelines.postgres.repair import (
     RepairPlan,
     apply_repair,
     batch_count,
+    encode_plan,
     plan_repair,
     render_script,
 )
@@ -300,6 +301,74 @@ def test_hostile_identifiers_and_every_type_are_written_exactly(
     assert {a.action for a in actions} == {RepairAction.UPSERT}
     assert sorted(a.key["MixedCase"] for a in actions) == list(range(6))
     assert all(set(a.key) == {"user", "MixedCase", "naïve_ключ"} for a in actions)
+
+
+@pytest.mark.parametrize("verified_absent", [False, True], ids=["upserts", "inserts"])
+def test_a_plan_encoded_beforehand_writes_and_audits_what_its_rows_would(
+    postgres_dsn: str,
+    pg_schema: str,
+    conn: psycopg.Connection[Any],
+    audit: AuditTables,
+    verified_absent: bool,
+) -> None:
+    """Every type and hostile name, encoded for COPY by encode_plan (as a slice worker does)
+    and applied: the same rows, audit trail and batches as the plan applied as rows."""
+    rows = [hostile_row(i, 1_000 + i) for i in range(7)]
+    states, trails = [], []
+    for name, encode in (("as_rows", False), ("encoded", True)):
+        table = hostile_table(pg_schema, name)
+        create_target(postgres_dsn, table)
+        plan = plan_written(table, rows, verified_absent=verified_absent, run_id=f"enc-{name}")
+        to_apply = encode_plan(conn, plan, batch_size=3) if encode else plan
+        outcome = apply_repair(conn, to_apply, audit=audit, batch_size=3)
+        assert (outcome.upserted, outcome.copied) == (7, 7 if verified_absent else 0)
+        assert outcome.batches_applied == batch_count(to_apply, 3) == 3
+        states.append(table_state(postgres_dsn, table))
+        trails.append(
+            sorted(
+                (a.key["MixedCase"], a.action, a.version, a.batch)
+                for a in read_run_actions(conn, plan.run_id, tables=audit)
+            )
+        )
+    assert states[0] == states[1] and len(states[1]) == 7
+    assert trails[0] == trails[1] and len(trails[1]) == 7
+
+
+def test_an_encoded_insert_batch_whose_key_appeared_falls_back_to_the_guarded_upsert(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    inserts = [(i, f"repair-{i}", i, 200) for i in range(1, 6)]
+    encoded = encode_plan(conn, plan_repair(replicated(table), [], inserts=inserts), 3)
+    apply_repair(conn, plan_repair(replicated(table), [(3, "sink", 3, 300)]), audit=audit)
+
+    outcome = apply_repair(conn, encoded, audit=audit, batch_size=3)
+
+    assert (outcome.copied, outcome.upserted, outcome.skipped_newer) == (2, 4, 1)
+    assert table_state(postgres_dsn, table) == [
+        "(1,repair-1,1,200)",
+        "(2,repair-2,2,200)",
+        "(3,sink,3,300)",
+        "(4,repair-4,4,200)",
+        "(5,repair-5,5,200)",
+    ]
+
+
+def test_an_encoded_plan_is_refused_for_another_batch_size_or_a_changed_table(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    encoded = encode_plan(conn, plan_repair(replicated(table), [], inserts=[(1, "a", 1, 200)]))
+    with pytest.raises(ReconcileError, match="encoded in batches of 20000 rows, not 7"):
+        apply_repair(conn, encoded, audit=audit, batch_size=7)
+    relation = sql.Identifier(pg_schema, "items")
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN qty TYPE bigint").format(relation))
+    conn.commit()
+    with pytest.raises(ReconcileError, match="qty"):
+        apply_repair(conn, encoded, audit=audit)
+    assert table_state(postgres_dsn, table) == []
 
 
 def test_plan_rejects_bad_rows_with_table_column_and_key(pg_schema: str) -> None:

@@ -27,6 +27,7 @@ from cdc_pipelines.config import TableSpec
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.kafka.offsets import (
     CatchUpMethod,
+    TopicWatch,
     committed_offsets,
     end_offsets,
     sink_group,
@@ -149,6 +150,21 @@ def test_unreachable_kafka_falls_back_to_the_settle_window() -> None:
     assert time.monotonic() - started >= 0.5
     with pytest.raises(ServiceError, match=UNREACHABLE):
         end_offsets(UNREACHABLE, "t", timeout_s=1.0)
+
+
+def test_a_topic_watch_says_unchanged_until_any_partition_gains_a_record(
+    kafka_bootstrap: str, topic: str, unique_name: str
+) -> None:
+    produce(kafka_bootstrap, topic, {0: 2})
+    watch = TopicWatch(kafka_bootstrap, topic)
+    mark = watch.mark()
+    assert mark == {0: 2, 1: 0, 2: 0}
+    assert watch.unchanged_since(mark) and watch.unchanged_since(mark)
+    produce(kafka_bootstrap, topic, {2: 1})
+    assert not watch.unchanged_since(mark)
+    assert not TopicWatch(kafka_bootstrap, topic).unchanged_since(None)  # unknown: moved
+    absent = TopicWatch(kafka_bootstrap, f"absent.{unique_name}")
+    assert absent.mark() is None and not absent.unchanged_since({0: 0})
 
 
 def test_a_missing_topic_is_named(kafka_bootstrap: str, unique_name: str) -> None:
