@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,6 +36,7 @@ from cdc_pipelines.scylla.session import quote_cql
 
 DEFAULT_CONCURRENCY = 32
 IN_CONCURRENCY = 8
+SCAN_WINDOW = 3  # ranges a token-ordered scan reads ahead: their first pages wait in memory
 IN_BATCH = 100
 INTEGER_TYPES = frozenset({"bigint", "int", "smallint", "tinyint", "varint"})
 TEXT_TYPES = frozenset({"text", "ascii", "varchar"})
@@ -547,12 +549,13 @@ def scan_rows(
     replicated: ReplicatedTable,
     ranges: Sequence[TokenRange],
     *,
-    concurrency: int = IN_CONCURRENCY,
+    concurrency: int = SCAN_WINDOW,
 ) -> Iterator[tuple[int, SourceRow]]:
     """Every row of the (non-wrapping, ring-ordered) ``ranges`` with its partition token, in
     token order, as :func:`read_source_rows` returns rows; a partition's static values
-    without a clustering row are no row of the table and are left out. Ranges are read
-    ``concurrency`` at a time, so memory follows that many ranges, not all of them."""
+    without a clustering row are no row of the table and are left out. At most
+    ``concurrency`` ranges are started ahead of the one being read, so memory follows that
+    many first pages (``scylla.fetch_size`` rows each), not the ranges' size."""
     table = replicated.spec
     statements = _Statements(table, replicated.mask_salt)
     partition = ", ".join(quote_cql(n) for n in table.partition_key)
@@ -566,17 +569,7 @@ def scan_rows(
     try:
         statement = session.prepare(scan)
         statement.fetch_size = replicated.scylla.fetch_size
-        outcomes = execute_concurrent_with_args(
-            session,
-            statement,
-            cql_token_bounds(ranges),
-            concurrency=concurrency,
-            raise_on_first_error=True,
-            results_generator=True,
-        )
-        for success, rows in outcomes:
-            if not success:
-                raise rows
+        for rows in _in_order(session, statement, cql_token_bounds(ranges), concurrency):
             for found in rows:
                 values = _row_values(found)
                 if any(values[p] is None for p in clustering):
@@ -587,6 +580,29 @@ def scan_rows(
             f"table {table.source}: scanning a token range of the source failed "
             f"({type(exc).__name__}: {exc}); check the CQL endpoint"
         ) from None
+
+
+def _in_order(
+    session: Session, statement: Any, arguments: Sequence[tuple[Any, ...]], window: int
+) -> Iterator[Any]:
+    """Each statement's result set in order, at most ``window`` started ahead of the one
+    being read. Unlike the driver's ``execute_concurrent``, which starts the next statement
+    as soon as any answers, whether or not its rows were read, this keeps memory at
+    ``window`` first pages however many ranges there are."""
+    waiting = iter(arguments)
+    started: deque[Any] = deque()
+
+    def start_next() -> None:
+        argument = next(waiting, None)
+        if argument is not None:
+            started.append(session.execute_async(statement, argument))
+
+    for _ in range(max(1, window)):
+        start_next()
+    while started:
+        result = started.popleft().result()
+        start_next()
+        yield result
 
 
 def count_rows(session: Session, replicated: ReplicatedTable, token_range: TokenRange) -> int:

@@ -101,6 +101,46 @@ def test_a_key_below_the_millisecond_names_no_source_row(
     assert rows[0] is not None and rows[1] is None
 
 
+class _Counting:
+    """The session, counting the range reads started but not yet taken by the scan."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.ahead, self.most_ahead = session, 0, 0
+
+    def prepare(self, cql: str) -> Any:
+        return self.session.prepare(cql)
+
+    def execute_async(self, statement: Any, parameters: Any) -> Any:
+        self.ahead += 1
+        self.most_ahead = max(self.most_ahead, self.ahead)
+        future = self.session.execute_async(statement, parameters)
+        counting = self
+
+        class Taken:
+            def result(self) -> Any:
+                counting.ahead -= 1
+                return future.result()
+
+        return Taken()
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_a_scan_starts_at_most_its_window_of_ranges_ahead_of_the_one_it_reads(
+    cql_session: Any, key_tables: dict[str, TableSpec], window: int
+) -> None:
+    """The driver's concurrent execution would start every range as soon as any answered,
+    so a large slice would wait in memory whole; the scan keeps ``window`` ahead, and reads
+    the same rows in the same order whatever the window."""
+    table = replicated(key_tables["single_bigint"], slices=SLICES)
+    rewrite(cql_session, table.spec, [(n,) for n in range(400)])
+    ranges = slice_by_id("00", SLICES).sub_ranges(32)
+    counting = _Counting(cql_session)
+    rows = list(scan_rows(counting, table, ranges, concurrency=window))
+    assert counting.most_ahead == window  # started and not yet taken by the scan
+    assert counting.ahead == 0 and rows
+    assert rows == list(scan_rows(cql_session, table, ranges, concurrency=8))
+
+
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_a_slice_scan_yields_every_row_once_in_token_order_like_the_key_re_read(
     cql_session: Any, key_tables: dict[str, TableSpec], layout: str
