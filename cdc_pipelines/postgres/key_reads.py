@@ -8,8 +8,7 @@ re-read row compares with a source row exactly as the diff compared them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pyarrow as pa
@@ -36,21 +35,36 @@ TEXT_OID = 25
 BPCHAR_OID = 1042  # psycopg has no binary dumper for char(n); its binary form is text's
 
 
-@dataclass(frozen=True)
-class TargetRow:
-    """A target row re-read by key: one row of the canonical table (exact, e.g. time in ns)."""
+class TargetRow(NamedTuple):  # a tuple: built for every key a verification re-reads
+    """A target row re-read by key: row ``number`` of ``rows``, the canonical table (exact,
+    e.g. time in ns) of the re-read it came from, and its version."""
 
-    canonical: pa.Table
+    rows: pa.Table
+    number: int
+    version: int | None
 
     @property
-    def version(self) -> int | None:
-        version = self.canonical.column(self.canonical.num_columns - 1)[0].as_py()
-        return None if version is None else int(version)
+    def canonical(self) -> pa.Table:
+        """The row as a one-row canonical table."""
+        return self.rows.slice(self.number, 1)
 
     @property
     def values(self) -> tuple[object, ...]:
         """The row as Python values, in ``CanonicalSchema.column_names`` order."""
-        return tuple(column[0].as_py() for column in self.canonical.columns)
+        return tuple(column[self.number].as_py() for column in self.rows.columns)
+
+
+def canonical_rows(targets: Sequence[TargetRow]) -> pa.Table:
+    """``targets`` as one canonical table, in order: rows of one re-read are taken from its
+    table at once (one take per run of rows from the same re-read)."""
+    parts: list[pa.Table] = []
+    start = 0
+    for end in range(1, len(targets) + 1):
+        if end == len(targets) or targets[end].rows is not targets[start].rows:
+            indices = pa.array([t.number for t in targets[start:end]], pa.int64())
+            parts.append(targets[start].rows.take(indices))
+            start = end
+    return pa.concat_tables(parts) if len(parts) != 1 else parts[0]
 
 
 def _position_column(table: TableSpec) -> str:
@@ -134,8 +148,8 @@ def read_target_rows(
         raise ServiceError(
             f"table {table.target}: re-reading {len(keys)} keys from the target failed: {exc}"
         ) from None
-    found = dict(_parse_target_csv(bytes(data), position, schema, numeric_text_columns(table)))
-    by_unique = [TargetRow(found[n]) if n in found else None for n in range(len(unique_keys))]
+    found = _parse_target_csv(bytes(data), position, schema, numeric_text_columns(table))
+    by_unique = [found.get(n) for n in range(len(unique_keys))]
     if len(unique_keys) == len(keys):
         return by_unique
     unique_number = {i: n for n, i in enumerate(i for i, keep in enumerate(distinct) if keep)}
@@ -144,13 +158,18 @@ def read_target_rows(
 
 def _parse_target_csv(
     data: bytes, position: str, schema: CanonicalSchema, numeric_text: frozenset[str]
-) -> list[tuple[int, pa.Table]]:
+) -> dict[int, TargetRow]:
+    """The rows read, by the position of the key that asked for them."""
     if not data:
-        return []
+        return {}
     names = [position, *schema.column_names]
     table = pa_csv.read_csv(pa.BufferReader(data), **postgres_csv_options(names))
     positions = [int(p) for p in table.column(position).to_pylist()]
     canonical = from_postgres_text(
         table.drop_columns([position]), schema, numeric_text=numeric_text
     ).combine_chunks()
-    return [(p, canonical.slice(i, 1)) for i, p in enumerate(positions)]
+    versions = canonical.column(canonical.num_columns - 1).to_pylist()
+    return {
+        p: TargetRow(canonical, i, None if v is None else int(v))
+        for i, (p, v) in enumerate(zip(positions, versions, strict=True))
+    }

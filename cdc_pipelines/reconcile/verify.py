@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from cdc_pipelines.errors import ReconcileError
 from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod
-from cdc_pipelines.postgres.key_reads import TargetRow
+from cdc_pipelines.postgres.key_reads import TargetRow, canonical_rows
 from cdc_pipelines.postgres.repair import ExtraRow
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.rows.canonical import from_python_rows
@@ -139,7 +139,7 @@ def _differs(
     source = pa.Table.from_batches(
         [from_python_rows([tuple(s.values[i] for i in picks) for s, _ in pairs], schema)]
     )
-    target = pa.concat_tables([t.canonical for _, t in pairs])
+    target = canonical_rows([t for _, t in pairs])
     mask = differing_columns(source, target, schema.compared_columns, replicated.tolerances)
     return [bool(row.any()) for row in mask]
 
