@@ -123,11 +123,11 @@ class TopicWatch:
 
     def mark(self) -> dict[int, int] | None:
         """The topic's end offsets now; None when Kafka cannot tell."""
-        if self._admin is None:
-            self._admin = admin_client(self.bootstrap, self.timeout_s)
         try:
+            if self._admin is None:
+                self._admin = admin_client(self.bootstrap, self.timeout_s)
             return _end_offsets(self._admin, self.bootstrap, self.topic, self.timeout_s)
-        except ServiceError:
+        except Exception:  # any failure means "cannot tell": the check then runs
             return None
 
     def unchanged_since(self, mark: Mapping[int, int] | None) -> bool:

@@ -3,7 +3,8 @@
 Verifying and planning a chunk allocates a few objects per value (driver rows, keys,
 verdicts, converted rows). With the collector's default thresholds, those allocations set
 off a young-generation collection every 700 of them, and each one walks the chunk's live
-rows again: measured on a 1M-row load, a fifth of a worker's time (docs/benchmarks.md).
+rows again: measured on a 1M-row load, a fifth of a worker's time (docs/benchmarks.md,
+"Where the time goes").
 Rows are freed by reference counting as soon as their chunk is done; cycles (few, mostly
 the driver's) wait for the collection run between chunks. That collection is a full one,
 or cycles that outlive one chunk would never be freed (memory would follow the slice);
@@ -23,12 +24,15 @@ def collected_per_chunk() -> Iterator[None]:
     """Pause automatic collection; a ``collect_chunk()`` call collects what a chunk left.
     The collector's state is restored on exit, also on error."""
     enabled = gc.isenabled()
+    freezing = gc.get_freeze_count() == 0  # someone else's freeze is theirs to undo
     gc.disable()
-    gc.freeze()
+    if freezing:
+        gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if freezing:
+            gc.unfreeze()
         if enabled:
             gc.enable()
 

@@ -82,8 +82,9 @@ class SlicePlanned:
     deletes: int = 0  # rows the plans delete
     outcome: SliceOutcome | None = None  # a slice loaded whole: its counts, from its scan
     # The table topic's end offsets before the slice's source rows were read (repair; None
-    # when Kafka could not tell): if the topic still ends there after a chunk's commit, no
-    # delete can have reached the sink meanwhile, and the source need not be checked again.
+    # when Kafka could not tell, or when those reads were weaker than the delete
+    # consistency): if the topic still ends there after a chunk's commit, no delete can have
+    # reached the sink meanwhile, and the source need not be checked again.
     stream_mark: dict[int, int] | None = None
 
 
@@ -97,13 +98,15 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     spill = layout.planned_chunks(run_id)
     tally, plans, writes, deletes = Tally(), [], 0, 0
     stream_mark = None
-    if job.repairing and job.scan.end_offsets is not None:  # before any source row is read
-        stream_mark = TopicWatch(job.settings.kafka_bootstrap_servers, table.topic).mark()
     with ExitStack() as stack:
         stack.enter_context(collected_per_chunk())
         verifier = stack.enter_context(
             CandidateVerifier(table, job.settings, job.scan, job.wait, catch_up=job.catch_up)
         )
+        if (  # before any source row is read
+            job.repairing and job.scan.end_offsets is not None and verifier.reads_confirm_deletes()
+        ):
+            stream_mark = TopicWatch(job.settings.kafka_bootstrap_servers, table.topic).mark()
         confirmed = (
             None if job.verdicts is None else stack.enter_context(ConfirmedWriter(job.verdicts))
         )

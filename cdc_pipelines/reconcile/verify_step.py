@@ -40,6 +40,7 @@ from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice
 from cdc_pipelines.ring.tokens import table_tokens
 from cdc_pipelines.rows.keys import Key, driver_keys, key_identity
 from cdc_pipelines.rows.layout import upsert_layout
+from cdc_pipelines.scylla.consistency import datacenter_count, read_covers
 from cdc_pipelines.scylla.key_reads import (
     SourceRange,
     SourceRow,
@@ -377,6 +378,14 @@ class CandidateVerifier:
     def connect_source(self) -> None:
         """Open the CQL session now: before threads share it (it is thread-safe once open)."""
         self._cql()
+
+    def reads_confirm_deletes(self) -> bool:
+        """Whether the source reads (at ``scylla.consistency``) are as sure that a row is gone
+        as the delete consistency's re-read would be (connects to the source to tell)."""
+        scylla = self.table.scylla
+        return read_covers(
+            scylla.consistency, scylla.delete_consistency, datacenter_count(self._cql())
+        )
 
     def _cql(self) -> Any:
         if self._session is None:

@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from cdc_pipelines.config import TableSpec
-from cdc_pipelines.errors import ReconcileError
+from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.postgres.audit import (
     AuditDetail,
     AuditTables,
@@ -369,6 +369,18 @@ def test_an_encoded_plan_is_refused_for_another_batch_size_or_a_changed_table(
     with pytest.raises(ReconcileError, match="qty"):
         apply_repair(conn, encoded, audit=audit)
     assert table_state(postgres_dsn, table) == []
+
+
+def test_encoding_on_a_lost_connection_names_the_table_and_the_fix(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    lost = psycopg.connect(postgres_dsn)
+    lost.close()
+    plan = plan_repair(replicated(table), [], inserts=[(1, "a", 1, 200)])
+    with pytest.raises(ServiceError, match=rf"table {pg_schema}\.items: .*check the connection"):
+        encode_plan(lost, plan)
 
 
 def test_plan_rejects_bad_rows_with_table_column_and_key(pg_schema: str) -> None:

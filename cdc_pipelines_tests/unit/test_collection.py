@@ -49,3 +49,14 @@ def test_objects_from_before_the_pause_are_left_to_the_normal_collector() -> Non
         assert before() is not None  # frozen: a chunk collection does not walk it
     gc.collect()
     assert before() is None
+
+
+def test_a_freeze_made_outside_is_left_in_place() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collected_per_chunk():
+            collect_chunk()
+        assert gc.get_freeze_count() == frozen  # not unfrozen by the chunk's exit
+    finally:
+        gc.unfreeze()

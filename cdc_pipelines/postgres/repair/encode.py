@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.copy import Copy, FileWriter
 
+from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.postgres.literals import register_copy_dumpers
 from cdc_pipelines.postgres.repair.catalog import read_target_types
 from cdc_pipelines.postgres.repair.plan import DEFAULT_BATCH_SIZE, RepairPlan, Row
@@ -89,7 +90,13 @@ def encode_plan(
 ) -> EncodedPlan:
     """``plan`` with its inserts and upserts encoded for the live target table (whose
     columns and types are checked first, as the apply checks them)."""
-    types = read_target_types(conn, plan)
+    try:
+        types = read_target_types(conn, plan)
+    except psycopg.Error as exc:
+        raise ServiceError(
+            f"table {plan.target_name}: cannot read its column types to encode the repair: "
+            f"{exc}; check the connection to PostgreSQL"
+        ) from exc
     positions = [plan.columns.index(c) for c in (*plan.key_columns, plan.version)]
 
     def encode(rows: Sequence[Row]) -> tuple[EncodedRows, ...]:
@@ -106,9 +113,15 @@ def encode_plan(
             )
         return tuple(batches)
 
-    with conn.cursor() as cursor:
-        register_copy_dumpers(cursor.adapters)
-        inserts, upserts = encode(plan.inserts), encode(plan.upserts)
+    try:
+        with conn.cursor() as cursor:
+            register_copy_dumpers(cursor.adapters)
+            inserts, upserts = encode(plan.inserts), encode(plan.upserts)
+    except psycopg.Error as exc:  # a value its column's type cannot take
+        raise ReconcileError(
+            f"table {plan.target_name}: a repair row cannot be encoded for its column types: "
+            f"{exc}; check that the declaration's column types match the target's (ddl plan)"
+        ) from exc
     return EncodedPlan(
         replace(plan, inserts=(), upserts=()), types.row_oids, inserts, upserts, batch_size
     )
