@@ -7,6 +7,7 @@ change the scan could have seen has reached PostgreSQL. Without Kafka it waits a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,11 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from cdc_pipelines.errors import ServiceError
 from cdc_pipelines.kafka.lag_sampler import admin_client
 
+log = logging.getLogger(__name__)
+
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# A topic watch answers "cannot tell" sooner: the check it would skip then simply runs.
+WATCH_TIMEOUT_S = 3.0
 DEFAULT_POLL_INTERVAL_S = 1.0
 # Without Kafka, wait this long for in-flight changes: the source connector's confidence
 # window (30 s by default) plus the sink's offset flush interval (60 s by default) bound it.
@@ -114,9 +119,7 @@ class TopicWatch:
     no delete the sink could have applied before the repair's rows landed.
     """
 
-    def __init__(
-        self, bootstrap: str, topic: str, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
-    ) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, timeout_s: float = WATCH_TIMEOUT_S) -> None:
         self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
         self._admin: AdminClient | None = None
         self._moved = False  # offsets only grow: once moved, every later answer is "moved"
@@ -127,7 +130,8 @@ class TopicWatch:
             if self._admin is None:
                 self._admin = admin_client(self.bootstrap, self.timeout_s)
             return _end_offsets(self._admin, self.bootstrap, self.topic, self.timeout_s)
-        except Exception:  # any failure means "cannot tell": the check then runs
+        except Exception as exc:  # any failure means "cannot tell": the check then runs
+            log.info("topic %s: end offsets unknown (%s: %s)", self.topic, type(exc).__name__, exc)
             return None
 
     def unchanged_since(self, mark: Mapping[int, int] | None) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pickle
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from cdc_pipelines.errors import CdcPipelinesError
 from cdc_pipelines.kafka.offsets import CatchUp, CatchUpMethod, TopicWatch
 from cdc_pipelines.postgres.repair import (
     RepairOutcome,
+    RepairPlan,
     encode_plan,
     new_run_id,
     render_script,
@@ -40,6 +42,7 @@ from cdc_pipelines.reconcile.repair_step import (
 )
 from cdc_pipelines.reconcile.report import ConfirmedWriter, Tally
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, read_candidates
+from cdc_pipelines.reconcile.verify import VerificationResult
 from cdc_pipelines.reconcile.verify_step import (
     NOTHING_VERIFIED,
     CandidateVerifier,
@@ -50,6 +53,8 @@ from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import slice_by_id
 from cdc_pipelines.rows.keys import Key, driver_keys
 from cdc_pipelines.settings import ConnectionSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,13 +141,10 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
             if script is not None:
                 script.write(render_script(plan))
             if job.repairing:
-                # Encoded for COPY here, in the worker: the apply then only streams bytes.
-                encoded = encode_plan(verifier.target_connection(), plan)
-                chunk = PlannedChunk(encoded, written_keys(verification), verifier.span)
-                spill.mkdir(parents=True, exist_ok=True)
                 path = spill / f"slice={outcome.slice_id}.{number:06d}.pickle"
-                path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+                _spill_chunk(path, plan, verification, verifier)
                 plans.append(path)
+            del plan, verification  # the next chunk's collection walks only its own rows
         if script is not None and not writes + deletes:  # says there is nothing to repair
             script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
     loaded = None
@@ -167,6 +169,17 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
     )
 
 
+def _spill_chunk(
+    path: Path, plan: RepairPlan, verification: VerificationResult, verifier: CandidateVerifier
+) -> None:
+    """Encode a chunk's plan for COPY (here, in the worker: the apply then only streams
+    bytes) and write it, with the keys it writes and its span, to ``path``."""
+    encoded = encode_plan(verifier.target_connection(), plan)
+    chunk = PlannedChunk(encoded, written_keys(verification), verifier.span)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def apply_slice(
     table: ReplicatedTable,
     planned: SlicePlanned,
@@ -181,7 +194,7 @@ def apply_slice(
     them (and after a failing chunk, what did commit). A committed chunk is not checked
     when the table's topic gained nothing since the slice was read (see
     :attr:`SlicePlanned.stream_mark`). Each plan's file is removed once applied."""
-    undone = 0
+    undone = skipped = 0
     quiet = TopicWatch(verifier.settings.kafka_bootstrap_servers, table.topic)
     pending: list[tuple[Key, int]] = []
     checks: list[_SpanCheck] = []  # committed chunks whose check is running, oldest first
@@ -200,7 +213,9 @@ def apply_slice(
                             take_back(table, chunk.written, repairer, check)
                         raise
                     # A delete-only chunk wrote nothing to take back.
-                    if chunk.written and not quiet.unchanged_since(planned.stream_mark):
+                    if chunk.written and quiet.unchanged_since(planned.stream_mark):
+                        skipped += 1
+                    elif chunk.written:
                         keys = [key for key, _ in chunk.written]
                         checks.append(_SpanCheck(chunk.written, checker.submit(check, keys)))
                     while len(checks) > 1:  # the previous chunk's check, now it is done
@@ -221,8 +236,20 @@ def apply_slice(
         while checks:
             undone += checks.pop(0).settle(table, repairer)
     if pending and quiet.unchanged_since(planned.stream_mark):
-        return undone
-    return undone + take_back(table, pending, repairer, presence)
+        skipped += 1
+    elif pending:
+        undone += take_back(table, pending, repairer, presence)
+    if skipped:
+        log.info(
+            "table %s, slice %s: the check for keys deleted at the source meanwhile was "
+            "skipped for %d committed chunk(s): topic %s gained nothing since the slice was "
+            "read (TTL expiries and partition or range deletes are left to the next run)",
+            table.source,
+            planned.slice_id,
+            skipped,
+            table.topic,
+        )
+    return undone
 
 
 @dataclass(frozen=True)

@@ -223,6 +223,7 @@ def main() -> None:
         print(
             json.dumps(
                 {
+                    "rows seeded": None if args.reuse else args.rows,
                     "rows": report["missing"],  # every source row (the target was empty)
                     "bare: cqlsh COPY TO (s)": round(scan_s, 1),
                     "bare: psql \\copy (s)": round(copy_s, 1),

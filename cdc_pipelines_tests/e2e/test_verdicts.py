@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -183,7 +184,7 @@ def test_a_key_deleted_at_the_source_between_verification_and_repair_stays_delet
     ids=["delete-streamed", "stream-quiet", "stream-quiet-reads-at-ONE"],
 )
 def test_a_slice_apply_checks_the_source_again_only_when_the_topic_moved(
-    replicated, settings, tmp_path, postgres_dsn, streamed, read_level
+    replicated, settings, tmp_path, postgres_dsn, streamed, read_level, caplog
 ):
     """After a chunk commits, keys the source deleted meanwhile are taken back, unless the
     table's topic gained nothing since the slice was read (and the slice's reads were as
@@ -227,8 +228,10 @@ def test_a_slice_apply_checks_the_source_again_only_when_the_topic_moved(
         presence = verifier.source_presence(
             slice_by_id(busiest.slice_id, table.slices), busiest.source_rows
         )
+        caplog.set_level(logging.INFO, logger="cdc_pipelines.reconcile.slice_repair")
         with Repairer(settings.postgres_dsn, run_id) as repairer:
             undone = apply_slice(table, planned, repairer, verifier, presence)
+    assert ("was skipped for" in caplog.text) is skipped
     if skipped:
         assert undone == 0 and present(postgres_dsn, spec.target_schema, keys) == keys
     else:

@@ -6,6 +6,7 @@ Each test owns a schema (``pg_schema``); tables are created from the declaration
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import logging
@@ -369,6 +370,35 @@ def test_an_encoded_plan_is_refused_for_another_batch_size_or_a_changed_table(
     with pytest.raises(ReconcileError, match="qty"):
         apply_repair(conn, encoded, audit=audit)
     assert table_state(postgres_dsn, table) == []
+
+
+def test_an_encoded_plan_is_refused_when_a_column_modifier_changed(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any], audit: AuditTables
+) -> None:
+    """text → varchar(3) keeps the COPY type OID; the plan must still not be applied."""
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    encoded = encode_plan(conn, plan_repair(replicated(table), [], inserts=[(1, "abcd", 1, 9)]))
+    relation = sql.Identifier(pg_schema, "items")
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN name TYPE varchar(3)").format(relation))
+    conn.commit()
+    with pytest.raises(ReconcileError, match="column types changed after the repair was planned"):
+        apply_repair(conn, encoded, audit=audit)
+    assert table_state(postgres_dsn, table) == []
+
+
+def test_a_value_that_cannot_be_encoded_is_named_by_column_and_key(
+    postgres_dsn: str, pg_schema: str, conn: psycopg.Connection[Any]
+) -> None:
+    table = simple_table(pg_schema)
+    create_target(postgres_dsn, table)
+    plan = plan_repair(replicated(table), [], inserts=[(1, "a", 1, 9), (2, "b", 2, 9)])
+    # A value the plan's checks would refuse, put in after them: what encoding does with it.
+    broken = dataclasses.replace(plan, inserts=(plan.inserts[0], (2, "b", "two", 9)))
+    with pytest.raises(
+        ReconcileError, match=r"items: the value of column 'qty' in the row with key \(2,\)"
+    ):
+        encode_plan(conn, broken)
 
 
 def test_encoding_on_a_lost_connection_names_the_table_and_the_fix(

@@ -622,7 +622,10 @@ def apply_repair(
             raise ServiceError(
                 f"table {plan.target_name}: cannot prepare the repair: {exc}; check the connection"
             ) from exc
-        if encoded is not None and encoded.row_oids != types.row_oids:
+        if encoded is not None and (encoded.row_oids, encoded.row_types) != (
+            types.row_oids,
+            types.row_types,
+        ):
             raise ReconcileError(
                 f"table {plan.target_name}: its column types changed after the repair was "
                 "planned; run the reconciliation again to plan it for the table as it is now"

@@ -26,6 +26,7 @@ class TargetTypes:
     row_oids: tuple[int, ...]
     key_oids: tuple[int, ...]
     copy_blockers: tuple[str, ...] = ()
+    row_types: tuple[str, ...] = ()  # as format_type writes them: with their modifiers
 
 
 _CATALOG_COLUMNS = """
@@ -115,4 +116,5 @@ def read_target_types(conn: psycopg.Connection[Any], plan: RepairPlan) -> Target
         row_oids=tuple(oids[c.name] for c in plan.columns),
         key_oids=(*(oids[c.name] for c in plan.key_columns), oids[plan.version.name]),
         copy_blockers=tuple(n for n, on in zip(_COPY_BLOCKER_NAMES, blocked, strict=True) if on),
+        row_types=tuple(live[c.name][1] for c in plan.columns),
     )

@@ -10,6 +10,7 @@ rows of ``Decimal`` and ``datetime`` objects. Deletes stay rows: they are keys o
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +22,10 @@ from cdc_pipelines.errors import ReconcileError, ServiceError
 from cdc_pipelines.postgres.literals import register_copy_dumpers
 from cdc_pipelines.postgres.repair.catalog import read_target_types
 from cdc_pipelines.postgres.repair.plan import DEFAULT_BATCH_SIZE, RepairPlan, Row
+
+# What psycopg's dumpers raise for a value its column's type cannot take (out of range,
+# not encodable in the database's encoding, the wrong Python type).
+ENCODE_FAILURES = (psycopg.Error, ValueError, TypeError, OverflowError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -38,12 +43,14 @@ class EncodedPlan:
 
     ``plan`` keeps the columns, the deletes and the digest of every row (so batches are
     fingerprinted as the rows' own plan's would be); its inserts and upserts are dropped.
-    ``row_oids`` are the target's column types the rows were encoded for: an apply against
-    a table whose types changed since is refused.
+    ``row_oids`` and ``row_types`` are the target's column types the rows were encoded for
+    (type OIDs, and the types as PostgreSQL writes them, modifiers included): an apply
+    against a table whose types changed since is refused.
     """
 
     plan: RepairPlan
     row_oids: tuple[int, ...]
+    row_types: tuple[str, ...]
     inserts: tuple[EncodedRows, ...]
     upserts: tuple[EncodedRows, ...]
     batch_size: int
@@ -113,15 +120,34 @@ def encode_plan(
             )
         return tuple(batches)
 
-    try:
-        with conn.cursor() as cursor:
-            register_copy_dumpers(cursor.adapters)
+    with conn.cursor() as cursor:
+        register_copy_dumpers(cursor.adapters)
+        try:
             inserts, upserts = encode(plan.inserts), encode(plan.upserts)
-    except psycopg.Error as exc:  # a value its column's type cannot take
-        raise ReconcileError(
-            f"table {plan.target_name}: a repair row cannot be encoded for its column types: "
-            f"{exc}; check that the declaration's column types match the target's (ddl plan)"
-        ) from exc
+        except ENCODE_FAILURES as exc:  # a value its column's type cannot take
+            raise ReconcileError(
+                f"table {plan.target_name}: {_failing_value(cursor, plan, types.row_oids)} "
+                f"cannot be written to its column ({type(exc).__name__}: {exc}); fix the "
+                "value at the source, or the column's type in the target and the declaration"
+            ) from exc
     return EncodedPlan(
-        replace(plan, inserts=(), upserts=()), types.row_oids, inserts, upserts, batch_size
+        replace(plan, inserts=(), upserts=()),
+        types.row_oids,
+        types.row_types,
+        inserts,
+        upserts,
+        batch_size,
     )
+
+
+def _failing_value(cursor: psycopg.Cursor[Any], plan: RepairPlan, oids: Sequence[int]) -> str:
+    """Which row (by key) and column hold the first value that cannot be encoded."""
+    keys = [plan.columns.index(c) for c in plan.key_columns]
+    for row in (*plan.inserts, *plan.upserts):
+        for column, oid, value in zip(plan.columns, oids, row, strict=True):
+            try:
+                _copy_data(cursor, [oid], [[value]])
+            except ENCODE_FAILURES:
+                key = tuple(row[p] for p in keys)
+                return f"the value of column {column.name!r} in the row with key {key!r}"
+    return "a repair row"  # only the whole row fails: not expected, but still named
