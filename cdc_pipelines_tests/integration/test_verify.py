@@ -258,6 +258,60 @@ def target_update(dsn: str, table: TableSpec, i: int, assignments: str, *params:
         )
 
 
+def _scans(dsn: str, table: TableSpec) -> tuple[int, int]:
+    """The target's (sequential, index) scan counts so far."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE schemaname = %s AND relname = %s",
+            (table.target_schema, table.target_table),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+@pytest.mark.parametrize("unique_index", [True, False], ids=["key-index", "no-index"])
+def test_keys_are_looked_up_through_the_key_index_not_by_scanning_the_table(
+    orders: TableSpec, postgres_dsn: str, unique_index: bool
+) -> None:
+    """With a unique index on the key, a re-read never scans the target (its cost follows
+    the keys, not the table); without one it still finds every key."""
+    relation = sql.Identifier(orders.target_schema, orders.target_table)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, ck, name, {}) "
+                "SELECT g, 'ck''' || g, 'n' || g, 1 FROM generate_series(1, 5000) AS g"
+            ).format(relation, sql.Identifier(VERSION))
+        )
+        if not unique_index:
+            constraint = conn.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                (relation.as_string(conn),),
+            ).fetchone()
+            assert constraint is not None
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    relation, sql.Identifier(constraint[0])
+                )
+            )
+        conn.execute(sql.SQL("ANALYZE {}").format(relation))
+    wanted = [key(i) for i in range(1, 5001, 2)]
+    before = _scans(postgres_dsn, orders)
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.commit()
+        rows = read_target_rows(conn, replicated(orders), wanted)
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.commit()
+    assert [row.values[:2] if row else None for row in rows] == wanted
+    deadline = time.monotonic() + 10
+    while (after := _scans(postgres_dsn, orders)) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sequential = after[0] - before[0]
+    assert (sequential == 0 and after[1] > before[1]) if unique_index else sequential >= 1
+
+
 @pytest.mark.parametrize("chunk", [verify.VERIFY_CHUNK, 3])
 def test_candidates_are_reclassified_from_fresh_reads_and_repair_closes_them(
     cql_session: Any,
