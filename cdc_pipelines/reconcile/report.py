@@ -7,6 +7,7 @@ Dagster metadata both use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,6 +138,13 @@ CONFIRMED_SCHEMA = pa.schema(
 _KEY_JSON = json.JSONEncoder(default=str)  # one encoder for every key: building one costs more
 
 
+def key_json(key: Sequence[object]) -> str:
+    """A key as the verdict file records it: a JSON array of its values."""
+    if all(type(value) is int for value in key):  # the usual case, and json.dumps's spelling
+        return "[" + ", ".join(map(str, key)) + "]"
+    return _KEY_JSON.encode(list(key))
+
+
 class ConfirmedWriter:
     """Every confirmed discrepancy (key as JSON, kind, versions) appended to one Parquet file."""
 
@@ -159,7 +167,7 @@ class ConfirmedWriter:
         self._writer.write_table(
             pa.table(
                 {
-                    "key": [_KEY_JSON.encode(list(c.key)) for c in confirmed],
+                    "key": [key_json(c.key) for c in confirmed],
                     "kind": kinds,
                     "source_version": [c.source.version if c.source else None for c in confirmed],
                     "target_version": [c.target_version for c in confirmed],

@@ -212,14 +212,16 @@ def apply_slice(
                         with contextlib.suppress(CdcPipelinesError):
                             take_back(table, chunk.written, repairer, check)
                         raise
-                    # A delete-only chunk wrote nothing to take back.
-                    if chunk.written and quiet.unchanged_since(planned.stream_mark):
-                        skipped += 1
-                    elif chunk.written:
+                    if chunk.written:  # a delete-only chunk wrote nothing to take back
                         keys = [key for key, _ in chunk.written]
-                        checks.append(_SpanCheck(chunk.written, checker.submit(check, keys)))
+                        # Asked after the commit, on the check's thread: the next chunk
+                        # need not wait for Kafka's answer.
+                        present = checker.submit(_unless_quiet, quiet, planned, check, keys)
+                        checks.append(_SpanCheck(chunk.written, present))
                     while len(checks) > 1:  # the previous chunk's check, now it is done
-                        undone += checks.pop(0).settle(table, repairer)
+                        settled = checks.pop(0).settle(table, repairer)
+                        skipped += settled is None
+                        undone += settled or 0
                 elif not chunk.plan.is_empty:
                     # Before the apply: its batches commit one by one, and a key a failing
                     # chunk already wrote must be checked too.
@@ -234,7 +236,9 @@ def apply_slice(
                 take_back(table, pending, repairer, presence)
             raise
         while checks:
-            undone += checks.pop(0).settle(table, repairer)
+            settled = checks.pop(0).settle(table, repairer)
+            skipped += settled is None
+            undone += settled or 0
     if pending and quiet.unchanged_since(planned.stream_mark):
         skipped += 1
     elif pending:
@@ -252,16 +256,30 @@ def apply_slice(
     return undone
 
 
+def _unless_quiet(
+    quiet: TopicWatch, planned: SlicePlanned, check: Presence, keys: list[Key]
+) -> list[bool] | None:
+    """Which ``keys`` the source still has, or None when the table's topic gained nothing
+    since the slice was read (then no delete can have reached the sink: nothing to check)."""
+    if quiet.unchanged_since(planned.stream_mark):
+        return None
+    return check(keys)
+
+
 @dataclass(frozen=True)
 class _SpanCheck:
-    """A committed chunk's written keys and the running check of which the source still has."""
+    """A committed chunk's written keys and the running check of which the source still
+    has (None when the check was skipped on a quiet topic)."""
 
     written: tuple[tuple[Key, int], ...]
-    present: Future[list[bool]]
+    present: Future[list[bool] | None]
 
-    def settle(self, table: ReplicatedTable, repairer: Repairer) -> int:
-        """Take back the keys the check found gone (see :func:`take_back`)."""
+    def settle(self, table: ReplicatedTable, repairer: Repairer) -> int | None:
+        """Take back the keys the check found gone (see :func:`take_back`); None when the
+        check was skipped."""
         found = self.present.result()
+        if found is None:
+            return None
         return take_back(table, self.written, repairer, lambda _keys: found)
 
 

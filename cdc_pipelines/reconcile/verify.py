@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 from cdc_pipelines.errors import ReconcileError
@@ -141,7 +142,8 @@ def _differs(
     )
     target = canonical_rows([t for _, t in pairs])
     mask = differing_columns(source, target, schema.compared_columns, replicated.tolerances)
-    return [bool(row.any()) for row in mask]
+    differs: list[bool] = np.any(mask, axis=1).tolist()
+    return differs
 
 
 def verify_in_chunks(

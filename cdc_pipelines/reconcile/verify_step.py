@@ -71,7 +71,9 @@ def _keyed(
 ) -> tuple[list[Candidate], list[int]]:
     """The candidates as driver keys with their kinds, each key once, in the table's order,
     and the ``tokens`` (one per row of ``candidates``) of those kept."""
-    kinds = candidates.column(KIND_COLUMN).to_pylist()
+    column = candidates.column(KIND_COLUMN)
+    kind_of = {name: CandidateKind(name) for name in column.unique().to_pylist()}
+    kinds = [kind_of[name] for name in column.to_pylist()]
     keys = driver_keys(candidates, table.canonical)
     seen: set[object] = set()
     kept: list[Candidate] = []
@@ -81,7 +83,7 @@ def _keyed(
         if identity in seen:
             continue
         seen.add(identity)
-        kept.append(Candidate(key, CandidateKind(kind)))
+        kept.append(Candidate(key, kind))
         if tokens is not None:
             kept_tokens.append(int(tokens[position]))
     return kept, kept_tokens

@@ -46,13 +46,23 @@ def driver_value(value: object, cql: CqlType, column: str) -> object:
     return value
 
 
+_CONVERTED_TYPES = frozenset({"uuid", "timeuuid", "varint", "decimal", "timestamp", "time"})
+"""Key types whose canonical value :func:`driver_value` rebuilds (others pass through)."""
+
+
 def driver_keys(keys: pa.Table, schema: CanonicalSchema) -> list[Key]:
     """Every row of ``keys`` (the key columns of canonical rows) as a driver key tuple."""
-    columns = [(_python_values(keys, c), c.cql_type, c.name) for c in schema.key_columns]
-    return [
-        tuple(driver_value(values[i], cql, name) for values, cql, name in columns)
-        for i in range(keys.num_rows)
-    ]
+    columns = [_driver_column(keys, c) for c in schema.key_columns]
+    return list(zip(*columns, strict=True))
+
+
+def _driver_column(keys: pa.Table, column: CanonicalColumn) -> list[object]:
+    """One key column's values as the driver binds them, converted a column at a time."""
+    values = _python_values(keys, column)
+    cql = column.cql_type
+    if cql.name in _CONVERTED_TYPES or cql.is_collection or cql.name in ("tuple", "udt"):
+        return [driver_value(value, cql, column.name) for value in values]
+    return values
 
 
 def _python_values(keys: pa.Table, column: CanonicalColumn) -> list[object]:

@@ -15,8 +15,9 @@ import datetime as dt
 import ipaddress
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from cassandra import ConsistencyLevel
@@ -138,6 +139,8 @@ def cql_key_value(value: object) -> object:
 def _whole_ms(value: dt.datetime) -> dt.datetime:
     """A driver timestamp on the millisecond it stands for: CQL stores milliseconds, and the
     driver's float arithmetic lands a few µs off them far from 1970."""
+    if value.tzinfo is None and value.microsecond % MS == 0:  # the usual case: on it already
+        return value
     micros = _micros(value)
     if micros % MS == 0:
         return value
@@ -424,10 +427,14 @@ class SourceRange:
         try:
             outcomes = _execute(session, scan, cql_token_bounds(ranges), concurrency)
             plain = _plain_key_types(self._types) is not None
+            key_of = _tuple_key(positions)
             for outcome in outcomes:
                 for found in outcome.result_or_exc:
+                    if plain and type(found) is tuple:  # the driver's values are their own match
+                        self._found[key_of(found)] = found
+                        continue
                     values = _row_values(found)
-                    if plain:  # the driver's values are their own match
+                    if plain:
                         self._found[tuple([values[p] for p in positions])] = found
                         continue
                     try:
@@ -461,6 +468,14 @@ class SourceRange:
             for index, row in zip(unmatched, reread, strict=True):
                 found[index] = row
         return found
+
+
+def _tuple_key(positions: Sequence[int]) -> Callable[[tuple[object, ...]], tuple[object, ...]]:
+    """The key of a driver row (a tuple) as a tuple of its values at ``positions``."""
+    if len(positions) == 1:
+        (position,) = positions
+        return lambda row: (row[position],)
+    return itemgetter(*positions)  # a tuple for two positions or more
 
 
 def existing_keys(
