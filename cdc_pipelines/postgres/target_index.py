@@ -202,11 +202,14 @@ def _write_by_slice(
         counts[index] += part.num_rows
 
 
-def read_slice_index(directory: Path, slice_key: str, schema: CanonicalSchema) -> pa.Table:
-    """The target rows of one slice (canonical columns and row hash)."""
+def read_slice_index(
+    directory: Path, slice_key: str, schema: CanonicalSchema, *, tokens: bool = False
+) -> pa.Table:
+    """The target rows of one slice (canonical columns and row hash; with ``tokens``, each
+    row's partition token too, in :data:`TOKEN_COLUMN`)."""
     path = slice_file(directory, slice_key)
     if not path.exists():
         raise ReconcileError(f"target index slice {path} is missing; rebuild the target index")
     with pa.OSFile(str(path), "rb") as source:
         table = ipc.open_file(source).read_all()
-    return table.drop_columns([TOKEN_COLUMN])
+    return table if tokens else table.drop_columns([TOKEN_COLUMN])

@@ -9,25 +9,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from cassandra.cluster import Session
 
 from cdc_pipelines.config import ScyllaConnection
 from cdc_pipelines.connect.secrets import with_mask_salt
 from cdc_pipelines.errors import ReconcileError, ServiceError
-from cdc_pipelines.postgres.target_index import read_slice_index
+from cdc_pipelines.postgres.target_index import TOKEN_COLUMN, read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, write_candidates
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import TokenSlice, slice_by_id
+from cdc_pipelines.ring.slices import TokenRange, TokenSlice, slice_by_id
 from cdc_pipelines.rows.canonical import CanonicalSchema
-from cdc_pipelines.scylla.key_reads import count_rows, range_matchable
-from cdc_pipelines.scylla.reader import read_slice
+from cdc_pipelines.scylla.key_reads import range_matchable
+from cdc_pipelines.scylla.reader import DEFAULT_SUBRANGES_PER_SLICE, read_ranges
 from cdc_pipelines.scylla.session import cql_session, is_connection_failure
 from cdc_pipelines.settings import ConnectionSettings
 
@@ -58,9 +60,12 @@ class SliceOutcome:
     mismatched: int
     duration_s: float
     candidates_path: str
-    # A slice to load (see loads_whole): not diffed; verification reads every source row,
-    # and the counts above are those of its scan once it ran.
+    # A slice verified by one scan (see route_slice): not diffed beforehand; verification
+    # reads every source row, and the counts above are those of its scan once it ran.
     whole: bool = False
+    # Of those, one whose target holds most rows: each chunk of the scan is diffed against
+    # the target index as it is read, and only its candidates are verified.
+    diff_in_scan: bool = False
 
     @property
     def candidates(self) -> int:
@@ -133,8 +138,9 @@ def read_source_slice(
     on_rows: Callable[[int], None] | None = None,
     *,
     session_factory: SessionFactory = cql_session,
+    ranges: Sequence[TokenRange] | None = None,
 ) -> pa.Table:
-    """The slice's source rows in canonical form.
+    """The slice's source rows in canonical form (only those of ``ranges``, when given).
 
     When the read fails because its connection did (shut down, timed out, no host left: see
     ``scylla.session.is_connection_failure``), the whole slice is read again on a new session
@@ -145,6 +151,8 @@ def read_source_slice(
     those the failed one reported.
     """
     token_slice = slice_by_id(slice_id, table.slices)
+    if ranges is None:
+        ranges = token_slice.sub_ranges(DEFAULT_SUBRANGES_PER_SLICE)
     reported = 0
     last_failure = ""
     for attempt in range(1, SLICE_READ_ATTEMPTS + 1):
@@ -159,7 +167,7 @@ def read_source_slice(
 
         try:
             with session_factory(settings, table.scylla) as session:
-                return read_slice(session, table, token_slice, on_rows=count)
+                return read_ranges(session, table, ranges, on_rows=count)
         except Exception as exc:  # the driver's and the reader's; only connection failures retry
             if not is_connection_failure(exc):
                 raise
@@ -189,21 +197,53 @@ def read_source_slice(
 LOAD_SHARE = 0.1
 """A slice whose target holds less than this share of its source rows is loaded whole: one
 scan after the sink's catch-up verifies every row, instead of a diff scan and a re-scan."""
+DRIFT_SHARE = 0.3
+"""A slice whose sample has candidates for at least this share of its rows is verified by
+one scan diffed chunk by chunk: the diff would find so many that verification re-scans the
+slice anyway (``verify_step.RESCAN_SHARE``)."""
+DRIFT_SAMPLE_ROWS = 200
+"""Rows a slice's sample must hold for its drift to route it: fewer tell too little (and
+the slice is then small enough that either route costs little)."""
 LOAD_SAMPLE_PARTS = 32
-"""The source rows of a slice are estimated from a count of one of this many parts of it."""
+"""A slice is routed by a diff of the first of this many parts of it (read once: the
+slice's diff reads only the rest)."""
 
 
-def loads_whole(
-    table: ReplicatedTable, token_slice: TokenSlice, target_rows: int, session: Session
-) -> bool:
-    """Whether the slice is to be loaded whole: its target holds under :data:`LOAD_SHARE` of
-    the source rows estimated from one counted part (tokens are hashed, so parts hold
-    alike shares), and its keys can be matched between a scan and a key."""
+class SliceRoute(StrEnum):
+    """How a slice is reconciled (see :func:`route_slice`)."""
+
+    DIFF = "diff"  # diff the whole slice now, verify the candidates after the catch-up
+    LOAD = "load"  # the target lacks most rows: verify every row of one later scan
+    DIFF_IN_SCAN = "diff in scan"  # much drift: one later scan, each chunk diffed as read
+
+
+def in_token_range(index: pa.Table, token_range: TokenRange) -> pa.Table:
+    """The rows of a target index (read with its tokens) whose token lies in ``token_range``
+    (a non-wrapping range)."""
+    tokens = index.column(TOKEN_COLUMN)
+    inside = pc.and_(pc.greater(tokens, token_range.start), pc.less_equal(tokens, token_range.end))
+    return index.filter(inside)
+
+
+def route_slice(
+    table: ReplicatedTable, sample: pa.Table, sample_index: pa.Table, target_rows: int
+) -> SliceRoute:
+    """Route a slice by the diff of its sample part (one of :data:`LOAD_SAMPLE_PARTS`;
+    tokens are hashed, so parts hold alike shares): :attr:`SliceRoute.LOAD` when its target
+    holds under :data:`LOAD_SHARE` of the source rows estimated from the sample,
+    :attr:`SliceRoute.DIFF_IN_SCAN` when the sample's candidates are at least
+    :data:`DRIFT_SHARE` of its rows (at least :data:`DRIFT_SAMPLE_ROWS`), else
+    :attr:`SliceRoute.DIFF`. Only a slice whose keys
+    can be matched between a scan and a key is verified by one scan."""
     if not range_matchable(table.spec):
-        return False
-    sample = token_slice.sub_ranges(LOAD_SAMPLE_PARTS)[0]
-    estimated = count_rows(session, table, sample) * LOAD_SAMPLE_PARTS
-    return target_rows < LOAD_SHARE * estimated
+        return SliceRoute.DIFF
+    if target_rows < LOAD_SHARE * sample.num_rows * LOAD_SAMPLE_PARTS:
+        return SliceRoute.LOAD
+    sampled = diff_slice(sample, sample_index, table.canonical, table.tolerances)
+    found = sampled.missing_count + sampled.extra_count + sampled.mismatched_count
+    if sample.num_rows >= max(1, DRIFT_SAMPLE_ROWS) and found >= DRIFT_SHARE * sample.num_rows:
+        return SliceRoute.DIFF_IN_SCAN
+    return SliceRoute.DIFF
 
 
 @owner_only
@@ -214,18 +254,23 @@ def diff_table_slice(
     layout: ScratchLayout,
     on_rows: Callable[[int], None] | None = None,
 ) -> SliceOutcome:
-    """Read the slice from the source, diff it against the target index, store the candidates."""
+    """Route the slice by a diff of its first part (:func:`route_slice`). A slice to verify
+    by one scan is left to verification; any other is read, diffed against the target index,
+    and its candidates stored."""
     started = time.monotonic()
     table = with_mask_salt(table)
     schema = table.canonical
     token_slice = slice_by_id(slice_id, table.slices)
-    target = read_slice_index(layout.index_dir, slice_id, schema)
+    index = read_slice_index(layout.index_dir, slice_id, schema, tokens=True)
+    target = index.drop_columns([TOKEN_COLUMN])
     candidates_path = layout.candidates(slice_id)
-    whole = False
+    route, sample = SliceRoute.DIFF, None
+    sample_range = token_slice.sub_ranges(LOAD_SAMPLE_PARTS)[0]
     if range_matchable(table.spec):
-        with cql_session(settings, table.scylla) as session:
-            whole = loads_whole(table, token_slice, target.num_rows, session)
-    if whole:
+        sample = read_source_slice(table, slice_id, settings, ranges=[sample_range])
+        sample_index = in_token_range(index, sample_range).drop_columns([TOKEN_COLUMN])
+        route = route_slice(table, sample, sample_index, target.num_rows)
+    if route is not SliceRoute.DIFF:
         write_candidates(candidates_path, no_candidates(schema))
         outcome = SliceOutcome(
             table=table.source,
@@ -239,10 +284,23 @@ def diff_table_slice(
             duration_s=round(time.monotonic() - started, 3),
             candidates_path=str(candidates_path),
             whole=True,
+            diff_in_scan=route is SliceRoute.DIFF_IN_SCAN,
         )
         layout.slice_result(slice_id).write_text(json.dumps(asdict(outcome), indent=2))
         return outcome
-    source = read_source_slice(table, slice_id, settings, on_rows)
+    if sample is None:
+        source = read_source_slice(table, slice_id, settings, on_rows)
+    else:  # the sample is the slice's first part: read the rest
+        if on_rows is not None and sample.num_rows:
+            on_rows(sample.num_rows)
+        rest = after_first_part(sample_range, token_slice)
+        source = (
+            pa.concat_tables(
+                [sample, read_source_slice(table, slice_id, settings, on_rows, ranges=rest)]
+            )
+            if rest
+            else sample
+        )
     result = diff_slice(source, target, schema, table.tolerances)
     write_candidates(candidates_path, diff_candidates(result, schema))
     outcome = SliceOutcome(
@@ -259,3 +317,10 @@ def diff_table_slice(
     )
     layout.slice_result(slice_id).write_text(json.dumps(asdict(outcome), indent=2))
     return outcome
+
+
+def after_first_part(first: TokenRange, token_slice: TokenSlice) -> tuple[TokenRange, ...]:
+    """The slice's tokens after its ``first`` part, cut for one scan (none when it is all)."""
+    if first.end >= token_slice.end:
+        return ()
+    return TokenRange(first.end, token_slice.end).split(DEFAULT_SUBRANGES_PER_SLICE)

@@ -119,9 +119,17 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
         if job.script is not None:
             job.script.parent.mkdir(parents=True, exist_ok=True)
             script = stack.enter_context(job.script.open("w"))
-        if outcome.whole:
+        index_rows = 0
+        if outcome.diff_in_scan:
+            index = read_slice_index(
+                layout.index_dir, outcome.slice_id, table.canonical, tokens=True
+            )
+            index_rows = index.num_rows
+            chunks = verifier.verify_diff_in_scan(token_slice, index)
+        elif outcome.whole:
             index = read_slice_index(layout.index_dir, outcome.slice_id, table.canonical)
             index_keys = driver_keys(index, table.canonical)
+            index_rows = len(index_keys)
             chunks = verifier.verify_whole_slice(token_slice, index_keys)
         else:
             candidates = read_candidates(Path(outcome.candidates_path))
@@ -148,13 +156,17 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
         if script is not None and not writes + deletes:  # says there is nothing to repair
             script.write(render_script(plan_verified_repair(table, NOTHING_VERIFIED, run_id)))
     loaded = None
-    if outcome.whole:
+    if outcome.whole:  # its counts are its scan's (a diff's, with the index, when diffed)
         loaded = replace(
             outcome,
             source_rows=verifier.scanned,
             missing=verifier.scanned - verifier.scanned_in_index,
-            extra=len(index_keys) - verifier.scanned_in_index,
-            mismatched=tally.mismatched + tally.target_ahead,
+            extra=index_rows - verifier.scanned_in_index,
+            mismatched=(
+                verifier.mismatched_in_scan
+                if outcome.diff_in_scan
+                else tally.mismatched + tally.target_ahead
+            ),
         )
         layout.slice_result(outcome.slice_id).write_text(json.dumps(asdict(loaded), indent=2))
     return SlicePlanned(

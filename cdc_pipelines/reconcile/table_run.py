@@ -51,6 +51,9 @@ from cdc_pipelines.ring.slices import slice_by_id, slice_ids
 from cdc_pipelines.settings import ConnectionSettings
 
 DEFAULT_WORKERS = 2
+# Imported once by the fork server, before the first pool (diff or verify) starts it: the
+# later pool's workers then start with their module loaded too.
+WORKER_MODULES = [diff_table_slice.__module__, verify_and_plan_slice.__module__]
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def diff_all_slices(
     # with the target-index pass's resident memory and add its slice on top. The resolved
     # table is pickled to them whole, so a worker never looks the table up again.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([diff_table_slice.__module__])
+    context.set_forkserver_preload(WORKER_MODULES)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = [
             pool.submit(diff_table_slice, table, slice_id, settings, layout) for slice_id in ids
@@ -159,8 +162,11 @@ def run_reconciliation(
         report.source_rows += outcome.source_rows
         report.target_rows += outcome.target_rows
         report.slices.append(asdict(outcome))
-    loading = sum(o.whole for o in outcomes)
+    loading = sum(o.whole and not o.diff_in_scan for o in outcomes)
+    drifted = sum(o.diff_in_scan for o in outcomes)
     loads = f"loading {loading} slice(s) whose target lacks most rows, " if loading else ""
+    if drifted:
+        loads += f"diffing {drifted} slice(s) with much drift in one scan each, "
     progress.phase(
         f"{table.source}: {loads}verifying {sum(o.candidates for o in outcomes)} candidate(s)"
     )
@@ -280,7 +286,7 @@ def _run_slice_jobs(jobs: list[SliceJob], workers: int) -> list[SlicePlanned]:
     if workers <= 1 or len(jobs) <= 1:
         return [verify_and_plan_slice(job) for job in jobs]
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([verify_and_plan_slice.__module__])
+    context.set_forkserver_preload(WORKER_MODULES)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return list(pool.map(verify_and_plan_slice, jobs))
 

@@ -128,6 +128,16 @@ def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
     return list(seen.values())
 
 
+def canonical_source_rows(rows: Sequence[SourceRow], replicated: ReplicatedTable) -> pa.Table:
+    """Source rows (as re-read) as one canonical table, in order: what the diff compares."""
+    schema = replicated.canonical
+    layout = upsert_layout(replicated.spec, replicated.version_column)
+    picks = [layout.index(name) for name in schema.column_names]
+    return pa.Table.from_batches(
+        [from_python_rows([tuple([row.values[i] for i in picks]) for row in rows], schema)]
+    )
+
+
 def _differs(
     pairs: Sequence[tuple[SourceRow, TargetRow]], replicated: ReplicatedTable
 ) -> list[bool]:
@@ -135,11 +145,7 @@ def _differs(
     if not pairs:
         return []
     schema = replicated.canonical
-    layout = upsert_layout(replicated.spec, replicated.version_column)
-    picks = [layout.index(name) for name in schema.column_names]
-    source = pa.Table.from_batches(
-        [from_python_rows([tuple(s.values[i] for i in picks) for s, _ in pairs], schema)]
-    )
+    source = canonical_source_rows([s for s, _ in pairs], replicated)
     target = canonical_rows([t for _, t in pairs])
     mask = differing_columns(source, target, schema.compared_columns, replicated.tolerances)
     differs: list[bool] = np.any(mask, axis=1).tolist()

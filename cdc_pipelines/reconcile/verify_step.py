@@ -26,7 +26,9 @@ from cdc_pipelines.kafka.offsets import (
     wait_until_caught_up,
 )
 from cdc_pipelines.postgres.key_reads import TargetRow, read_target_rows
-from cdc_pipelines.reconcile.diff_step import KIND_COLUMN
+from cdc_pipelines.postgres.target_index import TOKEN_COLUMN
+from cdc_pipelines.reconcile.diff import diff_slice
+from cdc_pipelines.reconcile.diff_step import KIND_COLUMN, in_token_range
 from cdc_pipelines.reconcile.index_step import ScanMarker
 from cdc_pipelines.reconcile.verify import (
     VERIFY_CHUNK,
@@ -38,10 +40,12 @@ from cdc_pipelines.reconcile.verify import (
 from cdc_pipelines.replicated_table import ReplicatedTable
 from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice
 from cdc_pipelines.ring.tokens import table_tokens
+from cdc_pipelines.rows.canonical import from_python_rows
 from cdc_pipelines.rows.keys import Key, driver_keys, key_identity
 from cdc_pipelines.rows.layout import upsert_layout
 from cdc_pipelines.scylla.consistency import datacenter_count, read_covers
 from cdc_pipelines.scylla.key_reads import (
+    ScannedShapes,
     SourceRange,
     SourceRow,
     existing_keys,
@@ -49,7 +53,7 @@ from cdc_pipelines.scylla.key_reads import (
     matched_key,
     range_matchable,
     read_source_rows,
-    scan_rows,
+    scan_raw_rows,
 )
 from cdc_pipelines.scylla.session import cql_session
 from cdc_pipelines.settings import ConnectionSettings
@@ -60,7 +64,10 @@ DEFAULT_SETTLE_SECONDS = 5.0
 # the scan at 35-45% of a slice's rows, keys read one by one far earlier.
 RESCAN_SHARE = 0.3
 RESCAN_RANGES = 16  # sub-ranges of the slice scanned concurrently
-WHOLE_SLICE_RANGES = 64  # sub-ranges of a slice to load: memory follows a few of them
+WHOLE_SLICE_RANGES = 16  # sub-ranges of a slice scanned whole (memory: see SCAN_WINDOW)
+# Rows of a slice diffed in its scan, diffed and verified at a time: at the drift that routes
+# a slice there (``diff_step.DRIFT_SHARE``), about a chunk of candidates.
+DIFF_IN_SCAN_CHUNK = 2 * VERIFY_CHUNK
 DEFAULT_VERIFY_TIMEOUT_S = 120.0
 NOTHING_VERIFIED = VerificationResult((), (), ())
 Presence = Callable[[Sequence[Key]], list[bool]]
@@ -87,6 +94,22 @@ def _keyed(
         if tokens is not None:
             kept_tokens.append(int(tokens[position]))
     return kept, kept_tokens
+
+
+def _key_positions(table: ReplicatedTable) -> list[int]:
+    """Where the key's values are in a source row (``upsert_layout`` order)."""
+    layout = upsert_layout(table.spec, table.version_column)
+    return [layout.index(name) for name in table.spec.primary_key]
+
+
+def _found_in(rows: dict[object, SourceRow]) -> Callable[[Sequence[Key]], list[SourceRow | None]]:
+    """A source reader that finds keys among rows already read (None: not among them)."""
+    return lambda wanted: [rows.get(key_identity(k)) for k in wanted]
+
+
+def _canonical_keys(rows: pa.Table, key_names: Sequence[str]) -> list[tuple[object, ...]]:
+    """The canonical key of every row of ``rows``, as tuples (to match rows of one scan)."""
+    return list(zip(*[rows.column(name).to_pylist() for name in key_names], strict=True))
 
 
 @dataclass(frozen=True)
@@ -141,7 +164,8 @@ class CandidateVerifier:
         self._session: Any = None
         self._conn: psycopg.Connection[Any] | None = None
         self.span: TokenRange | None = None  # the token span of the chunk being verified
-        self.scanned = self.scanned_in_index = 0  # by verify_whole_slice
+        self.scanned = self.scanned_in_index = 0  # by verify_whole_slice and verify_diff_in_scan
+        self.mismatched_in_scan = 0  # by verify_diff_in_scan
 
     def __enter__(self) -> CandidateVerifier:
         return self
@@ -231,7 +255,7 @@ class CandidateVerifier:
         self, token_slice: TokenSlice, index_keys: Sequence[Key] = ()
     ) -> Iterator[VerificationResult]:
         """Verdicts on every source row of a slice to load: one whose target index held few
-        of its rows (``index_keys``, see ``diff_step.loads_whole``), so no diff ran.
+        of its rows (``index_keys``, see ``diff_step.route_slice``), so no diff ran.
 
         Once the sink has caught up, the slice is scanned in token order and cut into chunks
         of about :data:`VERIFY_CHUNK` rows at partition boundaries; each chunk's rows are
@@ -254,11 +278,9 @@ class CandidateVerifier:
                 unmatched.append(key)
             else:
                 indexed[match] = key
-        layout = upsert_layout(table.spec, table.version_column)
-        key_positions = [layout.index(name) for name in table.spec.primary_key]
-        start, batch = token_slice.start, list[tuple[int, SourceRow]]()
+        key_positions = _key_positions(table)
 
-        def verify(batch: list[tuple[int, SourceRow]], end: int) -> Iterator[VerificationResult]:
+        def verify(batch: list[tuple[int, SourceRow]]) -> Iterator[VerificationResult]:
             keys = [tuple([r.values[p] for p in key_positions]) for _, r in batch]
             rows = {key_identity(k): r for k, (_, r) in zip(keys, batch, strict=True)}
             known: set[object] = set()
@@ -269,7 +291,6 @@ class CandidateVerifier:
                         known.add(key_identity(key))
             self.scanned += len(keys)
             self.scanned_in_index += len(known)
-            self.span = TokenRange(start, end)
             for result in verify_in_chunks(
                 table,
                 [Candidate(k, CandidateKind.MISSING) for k in keys],
@@ -291,20 +312,94 @@ class CandidateVerifier:
                     else result
                 )
 
-        ranges = token_slice.sub_ranges(WHOLE_SLICE_RANGES)
-        for token, row in scan_rows(self._cql(), table, ranges):
-            if len(batch) >= VERIFY_CHUNK and token != batch[-1][0]:
-                end = batch[-1][0]
-                yield from verify(batch, end)
-                start, batch = end, []
-            batch.append((token, row))
-        if batch:
-            yield from verify(batch, token_slice.end)
+        shapes = ScannedShapes(table)
+        for span, raw in self._scanned_chunks(token_slice, VERIFY_CHUNK):
+            self.span = span
+            if raw:
+                yield from verify([(token, shapes.source_row(values)) for token, values in raw])
         self.span = None
         left = [*indexed.values(), *unmatched]
         if left:  # in the target index, not found by the scan: extra, or gone since
             extra = [Candidate(key, CandidateKind.EXTRA) for key in left]
             yield from self._verify(extra, self.read_source)
+
+    def verify_diff_in_scan(
+        self, token_slice: TokenSlice, index: pa.Table
+    ) -> Iterator[VerificationResult]:
+        """Verdicts on a slice with much drift (``diff_step.SliceRoute.DIFF_IN_SCAN``): its
+        target ``index`` (read with tokens) holds most of its rows, many of them different.
+
+        Once the sink has caught up, the slice is scanned in token order and cut into chunks
+        as :meth:`verify_whole_slice` cuts it. Each chunk is diffed against the index rows of
+        its span, as the diff step diffs a slice, and only the chunk's candidates are
+        verified: the scanned rows are their source re-read (their versions decide, as a
+        re-scan's do), their keys are re-read from the target, and a key only the index has
+        is re-read from the source at the delete consistency. One scan does the work of the
+        diff's and the re-scan's. The hash diff's counts are in :attr:`scanned`,
+        :attr:`scanned_in_index` and :attr:`mismatched_in_scan`.
+        """
+        table = self.table
+        self.span, self.scanned, self.scanned_in_index = None, 0, 0
+        self.mismatched_in_scan = 0
+        self.wait_for_sink()
+        schema = table.canonical
+        key_names = [c.name for c in schema.key_columns]
+        key_positions = _key_positions(table)
+        shapes = ScannedShapes(table)
+        for span, raw in self._scanned_chunks(token_slice, DIFF_IN_SCAN_CHUNK):
+            self.span = span
+            scanned = pa.Table.from_batches(
+                [from_python_rows([shapes.canonical_values(v) for _, v in raw], schema)]
+            )
+            in_span = in_token_range(index, span).drop_columns([TOKEN_COLUMN])
+            found = diff_slice(scanned, in_span, schema, table.tolerances)
+            self.scanned += len(raw)
+            self.scanned_in_index += len(raw) - found.missing_count
+            self.mismatched_in_scan += found.mismatched_count
+            if not found.missing_count + found.extra_count + found.mismatched_count:
+                continue
+            position = {key: i for i, key in enumerate(_canonical_keys(scanned, key_names))}
+            candidates: list[Candidate] = []
+            by_key: dict[object, SourceRow] = {}
+            for part, kind in (
+                (found.missing, CandidateKind.MISSING),
+                (found.mismatched, CandidateKind.MISMATCHED),
+            ):
+                for canonical_key in _canonical_keys(part, key_names):
+                    row = shapes.source_row(raw[position[canonical_key]][1])
+                    key = tuple([row.values[p] for p in key_positions])
+                    by_key[key_identity(key)] = row
+                    candidates.append(Candidate(key, kind))
+            extra = driver_keys(found.extra.select(key_names), schema)
+            candidates.extend(Candidate(key, CandidateKind.EXTRA) for key in extra)
+            yield from verify_in_chunks(
+                table,
+                candidates,
+                cutoff_us=self.scan.cutoff_us,
+                read_source=_found_in(by_key),
+                read_target=self.read_target,
+                catch_up=self.catch_up,
+                confirm_absent=self.confirm_absent,
+                recheck=self.read_source,
+            )
+        self.span = None
+
+    def _scanned_chunks(
+        self, token_slice: TokenSlice, rows: int
+    ) -> Iterator[tuple[TokenRange, list[tuple[int, Sequence[object]]]]]:
+        """The slice's rows (as :func:`scan_raw_rows` gives them) with their tokens, in token
+        order, cut at partition boundaries into chunks of about ``rows`` rows, each with the
+        token span it covers: the spans tile the slice, the last one ending at its end (its
+        chunk may be empty)."""
+        start, batch = token_slice.start, list[tuple[int, Sequence[object]]]()
+        ranges = token_slice.sub_ranges(WHOLE_SLICE_RANGES)
+        for token, row in scan_raw_rows(self._cql(), self.table, ranges):
+            if len(batch) >= rows and token != batch[-1][0]:
+                end = batch[-1][0]
+                yield TokenRange(start, end), batch
+                start, batch = end, []
+            batch.append((token, row))
+        yield TokenRange(start, token_slice.end), batch
 
     def _verify(
         self, keyed: list[Candidate], read_source: Callable[[Sequence[Key]], list[SourceRow | None]]

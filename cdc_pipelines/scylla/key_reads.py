@@ -37,7 +37,7 @@ from cdc_pipelines.scylla.session import quote_cql
 
 DEFAULT_CONCURRENCY = 32
 IN_CONCURRENCY = 8
-SCAN_WINDOW = 3  # ranges a token-ordered scan reads ahead: their first pages wait in memory
+SCAN_WINDOW = 8  # ranges a token-ordered scan reads ahead: their first pages wait in memory
 IN_BATCH = 100
 INTEGER_TYPES = frozenset({"bigint", "int", "smallint", "tinyint", "varint"})
 TEXT_TYPES = frozenset({"text", "ascii", "varchar"})
@@ -571,6 +571,50 @@ def scan_rows(
     without a clustering row are no row of the table and are left out. At most
     ``concurrency`` ranges are started ahead of the one being read, so memory follows that
     many first pages (``scylla.fetch_size`` rows each), not the ranges' size."""
+    shapes = ScannedShapes(replicated)
+    for token, values in scan_raw_rows(session, replicated, ranges, concurrency=concurrency):
+        yield token, shapes.source_row(values)
+
+
+class ScannedShapes:
+    """Rows of :func:`scan_raw_rows` as a re-read gives them (:meth:`source_row`) or as the
+    diff's scan does (:meth:`canonical_values`, in ``CanonicalSchema.column_names`` order)."""
+
+    def __init__(self, replicated: ReplicatedTable) -> None:
+        self._statements = statements = _Statements(replicated.spec, replicated.mask_salt)
+        schema = replicated.canonical
+        self._width = len(statements.columns)
+        self._picks = [
+            statements.positions[name]
+            for name in schema.column_names
+            if name != schema.version_column
+        ]
+
+    def source_row(self, values: Sequence[object]) -> SourceRow:
+        """The row as :func:`read_source_rows` returns it."""
+        return self._statements.source_row(values)
+
+    def canonical_values(self, values: Sequence[object]) -> tuple[object, ...]:
+        """The row's canonical values, version last, as the diff's scan reads them (masked,
+        values as the driver gives them)."""
+        statements, width = self._statements, self._width
+        stamps = [s for s in values[width:] if s is not None]
+        version = max(stamps) if stamps else NO_VERSION  # type: ignore[type-var]
+        data: Sequence[object] = values[:width]
+        if statements.table.mask:
+            data = mask_row(statements.table, statements.names, list(data), statements.mask_salt)
+        return (*[data[p] for p in self._picks], version)
+
+
+def scan_raw_rows(
+    session: Session,
+    replicated: ReplicatedTable,
+    ranges: Sequence[TokenRange],
+    *,
+    concurrency: int = SCAN_WINDOW,
+) -> Iterator[tuple[int, Sequence[object]]]:
+    """:func:`scan_rows`'s rows as the driver returns them (the selected columns, then each
+    version column's write time): convert them with :class:`ScannedShapes`."""
     table = replicated.spec
     statements = _Statements(table, replicated.mask_salt)
     partition = ", ".join(quote_cql(n) for n in table.partition_key)
@@ -586,10 +630,10 @@ def scan_rows(
         statement.fetch_size = replicated.scylla.fetch_size
         for rows in _in_order(session, statement, cql_token_bounds(ranges), concurrency):
             for found in rows:
-                values = _row_values(found)
+                values = found if type(found) is tuple else tuple(_row_values(found))
                 if any(values[p] is None for p in clustering):
                     continue  # static values only
-                yield int(values[width]), statements.source_row(values[:width])  # type: ignore[call-overload]
+                yield int(values[width]), values[:width]  # type: ignore[arg-type]
     except Exception as exc:  # the driver raises many unrelated types
         raise ServiceError(
             f"table {table.source}: scanning a token range of the source failed "

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
@@ -236,6 +237,50 @@ def test_a_slice_apply_checks_the_source_again_only_when_the_topic_moved(
         assert undone == 0 and present(postgres_dsn, spec.target_schema, keys) == keys
     else:
         assert undone == len(keys) and present(postgres_dsn, spec.target_schema, keys) == []
+
+
+def test_a_slice_with_much_drift_is_diffed_in_its_one_scan_with_the_verdicts_of_a_diff(
+    replicated, settings, tmp_path, postgres_dsn, cql_session, monkeypatch
+):
+    """A slice whose sample has candidates for a large share of its rows is read once, after
+    the sink's catch-up, each chunk diffed against the target index as it is read: the
+    verdicts are those of a diff and its re-read, and the repair leaves nothing to find."""
+    config, spec, _, _ = replicated
+    table = resolve_spec(config, spec)
+    schema = spec.target_schema
+    monkeypatch.setattr(diff_step, "LOAD_SAMPLE_PARTS", 1)  # sample whole slices: sure shares
+    monkeypatch.setattr(diff_step, "DRIFT_SAMPLE_ROWS", 1)  # of their few rows
+    monkeypatch.setattr(verify_step, "DIFF_IN_SCAN_CHUNK", 16)  # several chunks a slice
+    run_sql(postgres_dsn, schema, "DELETE FROM {s}.all_types WHERE id % 4 = 0")
+    run_sql(postgres_dsn, schema, "UPDATE {s}.all_types SET c_text = 'edited' WHERE id % 4 = 1")
+    cql_session.execute(  # id 6 is left only in the target: extra
+        f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
+        (6, REGIONS[6 % len(REGIONS)]),
+    )
+
+    def verdicts(report: object) -> list[tuple[str, str]]:
+        found = pq.read_table(report.discrepancies_path)  # type: ignore[attr-defined]
+        return sorted(zip(found["key"].to_pylist(), found["kind"].to_pylist(), strict=True))
+
+    counted = ("source_rows", "target_rows", "missing", "mismatched", "extra", "resolved")
+    scanned = run_reconciliation(table, settings, options(tmp_path / "scan"))
+    assert all(s["diff_in_scan"] for s in scanned.slices)
+    with monkeypatch.context() as diffing:
+        diffing.setattr(diff_step, "DRIFT_SHARE", 2.0)  # no slice goes there: diffed first
+        diffed = run_reconciliation(table, settings, options(tmp_path / "diff"))
+    assert not any(s["whole"] for s in diffed.slices)
+    assert [getattr(scanned, c) for c in counted] == [getattr(diffed, c) for c in counted]
+    assert (scanned.missing, scanned.mismatched, scanned.extra) == (ROWS // 4, ROWS // 4, 1)
+    assert verdicts(scanned) == verdicts(diffed)
+    assert [s["mismatched"] for s in scanned.slices] == [s["mismatched"] for s in diffed.slices]
+
+    repaired = run_reconciliation(table, settings, options(tmp_path / "repair", repair=True))
+    assert all(s["diff_in_scan"] for s in repaired.slices)
+    assert repaired.repaired == {"upserted": ROWS // 2, "deleted": 1}
+    assert repaired.remaining == 0
+    again = run_reconciliation(table, settings, options(tmp_path / "again"))
+    assert (again.missing, again.mismatched, again.extra) == (0, 0, 0)
+    assert not any(s["whole"] for s in again.slices)  # no drift left: diffed as usual
 
 
 def _written(path: Path) -> list[tuple[tuple[object, ...], int]]:
