@@ -26,7 +26,7 @@ from cdc_pipelines.postgres.target_index import TOKEN_COLUMN, read_slice_index
 from cdc_pipelines.reconcile.diff import DiffResult, diff_slice
 from cdc_pipelines.reconcile.scratch import ScratchLayout, owner_only, write_candidates
 from cdc_pipelines.replicated_table import ReplicatedTable
-from cdc_pipelines.ring.slices import TokenRange, TokenSlice, slice_by_id
+from cdc_pipelines.ring.slices import MIN_TOKEN, TokenRange, TokenSlice, slice_by_id
 from cdc_pipelines.rows.canonical import CanonicalSchema
 from cdc_pipelines.scylla.key_reads import range_matchable
 from cdc_pipelines.scylla.reader import DEFAULT_SUBRANGES_PER_SLICE, read_ranges
@@ -143,7 +143,7 @@ def read_source_slice(
     """The slice's source rows in canonical form (only those of ``ranges``, when given).
 
     When the read fails because its connection did (shut down, timed out, no host left: see
-    ``scylla.session.is_connection_failure``), the whole slice is read again on a new session
+    ``scylla.session.is_connection_failure``), it is started again on a new session
     from ``session_factory``, up to :data:`SLICE_READ_ATTEMPTS` reads in all, each retry
     logged at WARNING; then a :class:`ServiceError` names the table, the slice and the fix.
     Any other failure (a value that cannot be read, a query the server refuses) ends the read
@@ -205,8 +205,9 @@ DRIFT_SAMPLE_ROWS = 200
 """Rows a slice's sample must hold for its drift to route it: fewer tell too little (and
 the slice is then small enough that either route costs little)."""
 LOAD_SAMPLE_PARTS = 32
-"""A slice is routed by a diff of the first of this many parts of it (read once: the
-slice's diff reads only the rest)."""
+"""A slice is routed by the first of this many parts of it: its rows estimate the slice's
+(for loading) and its diff the slice's drift. It is read once: a slice's diff reads only
+the rest."""
 
 
 class SliceRoute(StrEnum):
@@ -219,9 +220,11 @@ class SliceRoute(StrEnum):
 
 def in_token_range(index: pa.Table, token_range: TokenRange) -> pa.Table:
     """The rows of a target index (read with its tokens) whose token lies in ``token_range``
-    (a non-wrapping range)."""
+    (a non-wrapping range). A range starting at ``MIN_TOKEN`` holds it too: the first slice
+    owns that token (``TokenSlice.contains``), which only a target row can have."""
     tokens = index.column(TOKEN_COLUMN)
-    inside = pc.and_(pc.greater(tokens, token_range.start), pc.less_equal(tokens, token_range.end))
+    after = pc.greater_equal if token_range.start == MIN_TOKEN else pc.greater
+    inside = pc.and_(after(tokens, token_range.start), pc.less_equal(tokens, token_range.end))
     return index.filter(inside)
 
 
@@ -241,7 +244,8 @@ def route_slice(
         return SliceRoute.LOAD
     sampled = diff_slice(sample, sample_index, table.canonical, table.tolerances)
     found = sampled.missing_count + sampled.extra_count + sampled.mismatched_count
-    if sample.num_rows >= max(1, DRIFT_SAMPLE_ROWS) and found >= DRIFT_SHARE * sample.num_rows:
+    enough = sample.num_rows >= DRIFT_SAMPLE_ROWS and sample.num_rows > 0
+    if enough and found >= DRIFT_SHARE * sample.num_rows:
         return SliceRoute.DIFF_IN_SCAN
     return SliceRoute.DIFF
 

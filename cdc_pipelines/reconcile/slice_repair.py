@@ -3,7 +3,8 @@
 The CLI's whole-table run verifies and plans slices in worker processes with
 :func:`verify_and_plan_slice` and applies them in order with :func:`apply_slice`; Dagster's
 per-slice reconciliation and repair (:func:`verify_slice`, :func:`repair_slice`) use the same
-two, so on both paths memory follows the chunk (``VERIFY_CHUNK`` keys), not the slice's drift.
+two, so on both paths memory follows the chunk (``VERIFY_CHUNK`` keys), not the slice's drift
+(a slice diffed in its scan also holds its target index, as its diff would).
 """
 
 from __future__ import annotations
@@ -161,7 +162,11 @@ def verify_and_plan_slice(job: SliceJob) -> SlicePlanned:
             outcome,
             source_rows=verifier.scanned,
             missing=verifier.scanned - verifier.scanned_in_index,
-            extra=index_rows - verifier.scanned_in_index,
+            extra=(
+                verifier.extra_in_scan
+                if outcome.diff_in_scan
+                else index_rows - verifier.scanned_in_index
+            ),
             mismatched=(
                 verifier.mismatched_in_scan
                 if outcome.diff_in_scan

@@ -165,7 +165,7 @@ class CandidateVerifier:
         self._conn: psycopg.Connection[Any] | None = None
         self.span: TokenRange | None = None  # the token span of the chunk being verified
         self.scanned = self.scanned_in_index = 0  # by verify_whole_slice and verify_diff_in_scan
-        self.mismatched_in_scan = 0  # by verify_diff_in_scan
+        self.extra_in_scan = self.mismatched_in_scan = 0  # by verify_diff_in_scan
 
     def __enter__(self) -> CandidateVerifier:
         return self
@@ -336,11 +336,12 @@ class CandidateVerifier:
         re-scan's do), their keys are re-read from the target, and a key only the index has
         is re-read from the source at the delete consistency. One scan does the work of the
         diff's and the re-scan's. The hash diff's counts are in :attr:`scanned`,
-        :attr:`scanned_in_index` and :attr:`mismatched_in_scan`.
+        :attr:`scanned_in_index`, :attr:`extra_in_scan` and :attr:`mismatched_in_scan`.
+        The slice's ``index`` is held while it is scanned, as a diff holds it.
         """
         table = self.table
         self.span, self.scanned, self.scanned_in_index = None, 0, 0
-        self.mismatched_in_scan = 0
+        self.extra_in_scan = self.mismatched_in_scan = 0
         self.wait_for_sink()
         schema = table.canonical
         key_names = [c.name for c in schema.key_columns]
@@ -355,6 +356,7 @@ class CandidateVerifier:
             found = diff_slice(scanned, in_span, schema, table.tolerances)
             self.scanned += len(raw)
             self.scanned_in_index += len(raw) - found.missing_count
+            self.extra_in_scan += found.extra_count
             self.mismatched_in_scan += found.mismatched_count
             if not found.missing_count + found.extra_count + found.mismatched_count:
                 continue

@@ -44,3 +44,13 @@ def test_index_rows_in_a_range_are_those_whose_token_it_holds(
     assert inside.column("id").to_pylist() == [
         i for i, t in enumerate(row_tokens) if start < t <= end
     ]
+
+
+def test_a_range_from_the_minimum_token_holds_the_rows_the_first_slice_owns_there() -> None:
+    """Only a target row can have ``MIN_TOKEN`` (the first slice owns it): a chunk whose
+    span starts there must diff it, or it would be counted and never verified."""
+    index = pa.table({"id": [0, 1, 2], TOKEN_COLUMN: [MIN_TOKEN, MIN_TOKEN + 1, 5]})
+    first = slice_by_id("00", 2)
+    assert first.contains(MIN_TOKEN)
+    assert in_token_range(index, TokenRange(MIN_TOKEN, 5)).column("id").to_pylist() == [0, 1, 2]
+    assert in_token_range(index, TokenRange(MIN_TOKEN + 1, 5)).column("id").to_pylist() == [2]
