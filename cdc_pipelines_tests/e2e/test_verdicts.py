@@ -61,6 +61,14 @@ def run_sql(dsn: str, schema: str, statement: str, *params: object) -> None:
         conn.execute(sql.SQL(statement).format(s=sql.Identifier(schema)), params or None)
 
 
+def delete_at_source(cql_session: object, keyspace: str, key: int) -> None:
+    """Delete one row of the fixture's table in ScyllaDB only (no change event is streamed)."""
+    cql_session.execute(  # type: ignore[attr-defined]
+        f'DELETE FROM "{keyspace}".all_types WHERE id = %s AND region = %s',
+        (key, REGIONS[key % len(REGIONS)]),
+    )
+
+
 def present(dsn: str, schema: str, ids: list[int]) -> list[int]:
     with psycopg.connect(dsn) as conn:
         found = conn.execute(
@@ -166,10 +174,7 @@ def test_a_key_deleted_at_the_source_between_verification_and_repair_stays_delet
         # The seam: the source deletes the keys after they were verified missing (the sink,
         # had it run, would find nothing to delete in the target).
         for key in gone:
-            cql_session.execute(
-                f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
-                (key, REGIONS[key % len(REGIONS)]),
-            )
+            delete_at_source(cql_session, spec.keyspace, key)
         undone = 0
         with Repairer(settings.postgres_dsn, "race-test") as repairer:
             for verification in verifications:
@@ -253,10 +258,7 @@ def test_a_slice_with_much_drift_is_diffed_in_its_one_scan_with_the_verdicts_of_
     monkeypatch.setattr(verify_step, "DIFF_IN_SCAN_CHUNK", 16)  # several chunks a slice
     run_sql(postgres_dsn, schema, "DELETE FROM {s}.all_types WHERE id % 4 = 0")
     run_sql(postgres_dsn, schema, "UPDATE {s}.all_types SET c_text = 'edited' WHERE id % 4 = 1")
-    cql_session.execute(  # id 6 is left only in the target: extra
-        f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
-        (6, REGIONS[6 % len(REGIONS)]),
-    )
+    delete_at_source(cql_session, spec.keyspace, 6)  # left only in the target: extra
 
     def verdicts(report: object) -> list[tuple[str, str]]:
         found = pq.read_table(report.discrepancies_path)  # type: ignore[attr-defined]
@@ -372,10 +374,7 @@ def test_a_slice_whose_target_lacks_most_rows_is_loaded_by_one_scan(
     monkeypatch.setattr(verify_step, "VERIFY_CHUNK", 16)  # several chunks a slice
     run_sql(postgres_dsn, schema, "DELETE FROM {s}.all_types WHERE id >= 10")
     run_sql(postgres_dsn, schema, "UPDATE {s}.all_types SET c_text = 'edited' WHERE id = 3")
-    cql_session.execute(  # id 5 is left only in the target: extra
-        f'DELETE FROM "{spec.keyspace}".all_types WHERE id = %s AND region = %s',
-        (5, REGIONS[5 % len(REGIONS)]),
-    )
+    delete_at_source(cql_session, spec.keyspace, 5)  # left only in the target: extra
     report = run_reconciliation(table, settings, options(tmp_path, repair=True))
     assert all(s["whole"] for s in report.slices)
     assert (report.missing, report.mismatched, report.extra) == (ROWS - 10, 1, 1)
