@@ -57,6 +57,8 @@ def test_a_freeze_made_outside_is_left_in_place() -> None:
         frozen = gc.get_freeze_count()
         with collected_per_chunk():
             collect_chunk()
-        assert gc.get_freeze_count() == frozen  # not unfrozen by the chunk's exit
+        # Not unfrozen by the chunk's exit (that would empty it): only objects other threads
+        # freed meanwhile may have left the permanent generation.
+        assert gc.get_freeze_count() > 0.9 * frozen
     finally:
         gc.unfreeze()
