@@ -236,16 +236,15 @@ def route_slice(
     holds under :data:`LOAD_SHARE` of the source rows estimated from the sample,
     :attr:`SliceRoute.DIFF_IN_SCAN` when the sample's candidates are at least
     :data:`DRIFT_SHARE` of its rows (at least :data:`DRIFT_SAMPLE_ROWS`), else
-    :attr:`SliceRoute.DIFF`. Only a slice whose keys
-    can be matched between a scan and a key is verified by one scan."""
+    :attr:`SliceRoute.DIFF`. Only a slice whose keys can be matched between a scan and a
+    key is verified by one scan."""
     if not range_matchable(table.spec):
         return SliceRoute.DIFF
     if target_rows < LOAD_SHARE * sample.num_rows * LOAD_SAMPLE_PARTS:
         return SliceRoute.LOAD
     sampled = diff_slice(sample, sample_index, table.canonical, table.tolerances)
     found = sampled.missing_count + sampled.extra_count + sampled.mismatched_count
-    enough = sample.num_rows >= DRIFT_SAMPLE_ROWS and sample.num_rows > 0
-    if enough and found >= DRIFT_SHARE * sample.num_rows:
+    if sample.num_rows >= max(1, DRIFT_SAMPLE_ROWS) and found >= DRIFT_SHARE * sample.num_rows:
         return SliceRoute.DIFF_IN_SCAN
     return SliceRoute.DIFF
 
